@@ -1,0 +1,314 @@
+"""The ``ctinvariances`` command line.
+
+Errors print one line ``error: FILE: problem`` on stderr and exit with status 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import CTInvariancesError
+
+EXIT_USAGE = 2
+
+
+def _add_volume_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    p.add_argument("--slices", metavar="A:B", help="slice indices to use, Python style (e.g. 10:20)")
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several")
+    p.add_argument(
+        "--tilt",
+        choices=("resample", "keep", "refuse"),
+        default="resample",
+        help="gantry-tilted series: resample onto an orthogonal grid (default), keep the acquired "
+        "slices (sheared geometry) or refuse",
+    )
+    if device:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctinvariances",
+        description="What a low-dose CT denoiser ignores: I/O, low-dose simulation, denoisers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="describe a CT input (DICOM folder/file, NRRD, NIfTI, MHA/MHD)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_volume_args(p, device=False)
+
+    p = sub.add_parser("simulate-low-dose", help="simulate a reduced-dose scan of a full-dose input")
+    p.add_argument("input")
+    p.add_argument("--dose", type=float, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--i0", type=float, help="full-dose photons per ray (default: estimated from the image noise)")
+    p.add_argument("--electronic-noise", type=float, default=10**0.5, help="electronic noise std (quanta)")
+    p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
+    p.add_argument("--views", type=int, default=576, help="projection views per rotation")
+    _add_volume_args(p)
+
+    p = sub.add_parser("denoise", help="denoise a CT input slice by slice")
+    p.add_argument("input")
+    p.add_argument("--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=4)
+    _add_denoiser_args(p)
+    _add_volume_args(p)
+
+    p = sub.add_parser("evaluate", help="PSNR/SSIM of a denoiser on the held-out slices")
+    p.add_argument("--denoiser", required=True)
+    p.add_argument("--dose", type=float, default=0.25)
+    p.add_argument("--window", default="soft-tissue", help="soft-tissue (W400/L40), lung, or C,W")
+    p.add_argument("--json", metavar="FILE", help="also write the results here")
+    p.add_argument("--update-card", action="store_true", help="store the results in the model card")
+    p.add_argument("--device", default="auto")
+    _add_denoiser_args(p)
+
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    t = tsub.add_parser("denoiser", help="train cnn10, redcnn, wganvgg or dugan on simulated pairs")
+    t.add_argument("--arch", required=True, choices=("cnn10", "redcnn", "wganvgg", "dugan"))
+    t.add_argument("--out", required=True, help="run folder (checkpoints, log, final weights)")
+    t.add_argument("--width", type=int, help="channel width (default: the published one)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--patch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--dose", type=float, default=0.25)
+    t.add_argument("--realisations", type=int, default=3, help="noise realisations per slice")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--adv-weight", type=float, default=1e-3)
+    t.add_argument("--device", default="auto")
+    return parser
+
+
+def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", help="architecture of a .pt file whose name does not say it")
+    p.add_argument("--input-convention", choices=("normalized", "hu"),
+                   help="what a custom network takes: ldct-benchmark normalised units or HU")
+    p.add_argument("--sha256", help="expected SHA-256 of the weight file")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CTInvariancesError(f"--device {name}: no CUDA GPU is available (torch {torch.__version__})")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise CTInvariancesError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def _read(args):
+    from ..io import parse_slices, read_volume
+
+    vol = read_volume(args.input if hasattr(args, "input") else args.path,
+                      series_uid=args.series, tilt=args.tilt)
+    if args.slices:
+        vol = vol.select_slices(parse_slices(args.slices))
+    for w in vol.warnings:
+        print(f"warning: {vol.source}: {w}", file=sys.stderr)
+    return vol
+
+
+def _check_out(out: str, inp: str) -> Path:
+    o = Path(out)
+    if o.resolve() == Path(inp).resolve() or Path(inp).resolve() in o.resolve().parents:
+        raise CTInvariancesError("refusing to write onto or inside the input", out)
+    return o
+
+
+def cmd_inspect(args) -> int:
+    import numpy as np
+
+    args.input = args.path
+    vol = _read(args)
+    k, j, i = vol.shape
+    info = {
+        "shape": [k, j, i],
+        "spacing_mm": [vol.spacing[2], vol.spacing[1], vol.spacing[0]],
+        "modality": vol.tags.get("modality"),
+        "hu_min": float(np.min(vol.array)),
+        "hu_max": float(np.max(vol.array)),
+        "series_uid": vol.tags.get("series_uid"),
+        "origin_lps_mm": list(vol.origin),
+        "direction": list(vol.direction),
+        "tags": {key: v for key, v in vol.tags.items() if key not in ("modality", "series_uid")},
+        "warnings": vol.warnings,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{vol.source}")
+    print(f"  shape [k, j, i]   {k} x {j} x {i}")
+    print(f"  spacing [k, j, i] {info['spacing_mm'][0]:.4g} x {info['spacing_mm'][1]:.4g} x "
+          f"{info['spacing_mm'][2]:.4g} mm")
+    print(f"  HU range          {info['hu_min']:.0f} .. {info['hu_max']:.0f}")
+    for key in ("modality", "manufacturer", "model", "kernel", "kvp", "tube_current_ma",
+                "slice_thickness_mm", "gantry_tilt_deg", "series_uid"):
+        if vol.tags.get(key) is not None:
+            print(f"  {key:<17} {vol.tags[key]}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    from ..io import write_volume
+    from ..lowdose import FanBeamGeometry, LowDoseSettings, LowDoseSimulator, slice_seed
+
+    if not 0.0 < args.dose < 1.0:
+        raise CTInvariancesError(f"--dose {args.dose}: the dose fraction must be in (0, 1)")
+    out = _check_out(args.out, args.input)
+    vol = _read(args)
+    device = resolve_device(args.device)
+    settings = LowDoseSettings(
+        dose_fraction=args.dose, i0=args.i0, electronic_noise=args.electronic_noise,
+        geometry=FanBeamGeometry(filter=args.filter, n_views=args.views),
+    )
+    sim = LowDoseSimulator(settings, device=device)
+    pixel_mm = (vol.spacing[1], vol.spacing[0])
+    first = 0 if not args.slices else _first_index(args.slices)
+    result = np.empty_like(vol.array)
+    i0s = []
+    with _progress(vol.shape[0], "simulate") as bar:
+        for k in range(vol.shape[0]):
+            try:
+                result[k], i0 = sim.simulate(vol.array[k], pixel_mm, slice_seed(args.seed, first + k))
+            except ValueError as exc:
+                raise CTInvariancesError(str(exc), vol.source) from None
+            i0s.append(i0)
+            bar.update(1)
+    write_volume(vol.with_array(result), out)
+    print(f"wrote {out} ({vol.shape[0]} slices, dose {args.dose:g}, I0 {np.median(i0s):.4g} photons/ray)")
+    return 0
+
+
+def _first_index(text: str) -> int:
+    from ..io import parse_slices
+
+    s = parse_slices(text)
+    return s.start or 0 if (s.start or 0) >= 0 else 0
+
+
+def _load_denoiser(args, device):
+    from ..denoisers import load_denoiser
+
+    return load_denoiser(args.denoiser, device=device, arch=args.arch,
+                         input_convention=args.input_convention, sha256=args.sha256)
+
+
+def cmd_denoise(args) -> int:
+    from ..io import write_volume
+
+    out = _check_out(args.out, args.input)
+    vol = _read(args)
+    device = resolve_device(args.device)
+    den = _load_denoiser(args, device)
+    t0 = time.perf_counter()
+    with _progress(vol.shape[0], f"denoise {den.name}") as bar:
+        result = den.denoise_slices(vol.array, batch_size=args.batch_size, progress=bar.update)
+    write_volume(vol.with_array(result), out)
+    print(f"wrote {out} ({vol.shape[0]} slices, {den.name}, {time.perf_counter() - t0:.1f} s on {device})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluation import evaluate_denoiser
+    from ..metrics import parse_window
+
+    try:
+        window = parse_window(args.window)
+    except ValueError as exc:
+        raise CTInvariancesError(str(exc)) from None
+    den = _load_denoiser(args, resolve_device(args.device))
+    res = evaluate_denoiser(den, dose_fraction=args.dose, window=window)
+    print(f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}")
+    print(f"  {'':<10} {'PSNR dB':>8} {'SSIM':>7} {'RMSE HU':>8}")
+    for key in ("low_dose", "denoised"):
+        r = res[key]
+        print(f"  {key:<10} {r['psnr_db']:8.2f} {r['ssim']:7.3f} {r['rmse_hu']:8.2f}")
+    print(f"  gain       {res['psnr_gain_db']:+8.2f} {res['ssim_gain']:+7.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    if args.update_card:
+        _update_card(den, res)
+    return 0
+
+
+def _update_card(den, res) -> None:
+    src = Path(den.source)
+    card_path = src.with_suffix(".json")
+    if src.suffix != ".safetensors" or not card_path.exists():
+        raise CTInvariancesError("--update-card needs a .safetensors denoiser with a card", den.source)
+    card = json.loads(card_path.read_text())
+    card.setdefault("metrics", {})[f"holdout_dose_{res['dose_fraction']:g}"] = {
+        k: res[k] for k in ("window", "n_slices", "low_dose", "denoised", "psnr_gain_db", "ssim_gain")
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def cmd_train(args) -> int:
+    from ..training.denoisers import DenoiserTrainer, DenoiserTrainingConfig
+
+    cfg = DenoiserTrainingConfig(
+        arch=args.arch, out=args.out, width=args.width, steps=args.steps,
+        batch_size=args.batch_size, patch=args.patch, lr=args.lr, dose_fraction=args.dose,
+        realisations=args.realisations, seed=args.seed, adv_weight=args.adv_weight,
+    )
+    path = DenoiserTrainer(cfg, device=resolve_device(args.device)).run(progress=sys.stderr.isatty())
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "simulate-low-dose": cmd_simulate,
+    "denoise": cmd_denoise,
+    "evaluate": cmd_evaluate,
+    "train": cmd_train,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except CTInvariancesError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {where}{msg[:300]} (run with --debug for details)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Read any supported CT input (DICOM folder or file, NRRD, NIfTI, MHA/MHD) and write results."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder
+from .volume import CTVolume
+
+sitk.ProcessObject_SetGlobalWarningDisplay(False)  # our own warnings say it, once and clearly
+
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suf in sorted(IMAGE_SUFFIXES + (".dcm",), key=len, reverse=True):
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def read_volume(
+    path: str | Path, series_uid: str | None = None, tilt: str = "resample"
+) -> CTVolume:
+    """Read a CT volume in HU from a DICOM folder, a DICOM file, NRRD, NIfTI or MetaImage.
+
+    Raises :class:`InputError` naming the file and the problem for anything unusable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path)
+    if path.is_dir():
+        return read_dicom_folder(path, series_uid=series_uid, tilt=tilt)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", path)
+    suffix = _suffix(path)
+    if suffix in IMAGE_SUFFIXES:
+        return _read_itk_image(path, suffix)
+    if suffix == ".dcm" or is_dicom_file(path):
+        return read_dicom_file(path)
+    raise InputError(
+        "unsupported file type: give a DICOM folder or file, or a "
+        + ", ".join(IMAGE_SUFFIXES)
+        + " image",
+        path,
+    )
+
+
+def _check_header(path: Path, suffix: str) -> None:
+    if suffix in (".nrrd", ".nhdr"):
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if not magic.startswith(b"NRRD000"):
+            raise InputError(
+                f"unreadable NRRD header: the file must start with 'NRRD000x', found {magic[:8]!r}",
+                path,
+            )
+    if suffix == ".mhd":
+        text = path.read_text(errors="replace")
+        m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, re.M)
+        if not m:
+            raise InputError("MetaImage header has no ElementDataFile line", path)
+        ref = m.group(1).split()[0]
+        if ref.upper() not in ("LOCAL", "LIST") and "%" not in ref:
+            data = path.parent / ref
+            if not data.exists():
+                raise InputError(f"MetaImage data file '{ref}' is missing next to the header", path)
+
+
+def _read_itk_image(path: Path, suffix: str) -> CTVolume:
+    _check_header(path, suffix)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        kind = {".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage"}.get(
+            suffix, "NIfTI"
+        )
+        detail = " ".join(str(exc).split())
+        detail = detail[detail.rfind(":") + 1 :].strip()[:160] if ":" in detail else detail[:160]
+        header = "header" if kind == "NRRD" else "file"
+        raise InputError(f"unreadable {kind} {header} ({detail or 'ITK could not parse it'})", path) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel: a CT image has one",
+            path,
+        )
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise InputError(f"is a {dim}-D image: give a 2-D slice or a 3-D volume", path)
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    if dim == 2:
+        spacing = (*image.GetSpacing(), 1.0)
+        origin = (*image.GetOrigin(), 0.0)
+        d = image.GetDirection()
+        direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+    else:
+        spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    vol = CTVolume(arr, spacing, origin, direction, tags={}, source=str(path))
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo > -500.0 and hi > 800.0:
+        vol.warnings.append(
+            f"values range {lo:.0f} to {hi:.0f}: no air near -1000 HU; is this HU+1024 (or +1000) "
+            "rather than HU? CTInvariances expects HU"
+        )
+    return vol
+
+
+def write_volume(volume: CTVolume, path: str | Path) -> Path:
+    """Write ``volume`` (float32 HU, geometry preserved) atomically; .nrrd, .nii(.gz) or .mha."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(f"cannot write '{suffix}': use one of {', '.join(WRITE_SUFFIXES)}", path)
+    image = to_sitk(volume)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_sitk(volume: CTVolume) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image

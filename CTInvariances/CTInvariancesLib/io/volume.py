@@ -1,0 +1,105 @@
+"""The in-memory CT volume: HU array [slice, row, column] plus ITK/LPS geometry and CT tags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in HU.
+
+    ``array`` is float32, indexed [k, j, i] (slice, row, column). Geometry follows ITK in LPS:
+    ``spacing`` and ``origin`` are in (i, j, k) order (mm), ``direction`` is the 3x3 matrix whose
+    columns are the i, j, k axis directions, flattened row-major (as SimpleITK's GetDirection).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    tags: dict = field(default_factory=dict)
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.array)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise InputError(f"expected a 2-D or 3-D image, got {arr.ndim} dimensions", self.source)
+        self.array = np.ascontiguousarray(arr, dtype=np.float32)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = tuple(float(d) for d in self.direction)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def index_to_physical(self, k: float, j: float, i: float) -> np.ndarray:
+        """LPS position (mm) of voxel index (k, j, i)."""
+        ijk = np.array([i, j, k], dtype=float)
+        return np.asarray(self.origin) + self.direction_matrix @ (np.asarray(self.spacing) * ijk)
+
+    def select_slices(self, slices: slice) -> CTVolume:
+        """A new volume holding the slices ``slices`` (Python slice over k), geometry updated."""
+        n = self.shape[0]
+        start, stop, step = slices.indices(n)
+        if step <= 0:
+            raise InputError(f"slice step must be positive, got {step}", self.source)
+        idx = list(range(start, stop, step))
+        if not idx:
+            raise InputError(
+                f"--slices {_fmt_slice(slices)} selects no slice of a volume with {n} slices",
+                self.source,
+            )
+        spacing = list(self.spacing)
+        spacing[2] *= step
+        return replace(
+            self,
+            array=self.array[idx].copy(),
+            origin=tuple(self.index_to_physical(idx[0], 0, 0)),
+            spacing=tuple(spacing),
+            tags=dict(self.tags),
+            warnings=list(self.warnings),
+        )
+
+    def with_array(self, array: np.ndarray) -> CTVolume:
+        """Same geometry and tags, new voxel values (same shape)."""
+        if tuple(np.shape(array)) != self.shape and not (
+            np.ndim(array) == 2 and (1,) + tuple(np.shape(array)) == self.shape
+        ):
+            raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.shape}")
+        return replace(self, array=array, tags=dict(self.tags), warnings=list(self.warnings))
+
+
+def parse_slices(text: str | None) -> slice:
+    """Parse ``a:b`` / ``a:b:c`` / ``a`` (Python-style slice indices) into a slice."""
+    if text is None or text.strip() in ("", ":"):
+        return slice(None)
+    parts = text.strip().split(":")
+    try:
+        if len(parts) == 1:
+            k = int(parts[0])
+            return slice(k, k + 1 if k != -1 else None)
+        if len(parts) > 3:
+            raise ValueError
+        nums = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise InputError(f"--slices {text!r} is not of the form a:b (Python slice indices)") from None
+    return slice(*nums)
+
+
+def _fmt_slice(s: slice) -> str:
+    a = "" if s.start is None else s.start
+    b = "" if s.stop is None else s.stop
+    return f"{a}:{b}" + ("" if s.step in (None, 1) else f":{s.step}")

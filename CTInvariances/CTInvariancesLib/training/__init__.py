@@ -1,0 +1,1 @@
+"""Training of denoisers (and, later, of the invariance models)."""

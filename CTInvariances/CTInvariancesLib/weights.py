@@ -1,0 +1,92 @@
+"""Weight files: SHA-256 verification, safetensors + JSON model cards, bundled model lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import WeightsError
+
+CARD_SUFFIX = ".json"
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str | None) -> str:
+    """Return the file's SHA-256; raise WeightsError naming the file when it differs from expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("weight file not found", path)
+    actual = sha256_of(path)
+    if expected is not None and actual.lower() != expected.lower().strip():
+        raise WeightsError(
+            f"SHA-256 mismatch: expected {expected}, file has {actual} (corrupt, truncated or a "
+            "different model); re-download or re-train it",
+            path,
+        )
+    return actual
+
+
+def models_dir() -> Path:
+    """Folder of bundled models: $CTINVARIANCES_MODELS or the module's Resources/Models."""
+    env = os.environ.get("CTINVARIANCES_MODELS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def read_card(weights_path: str | Path) -> dict:
+    card_path = Path(weights_path).with_suffix(CARD_SUFFIX)
+    if not card_path.is_file():
+        raise WeightsError(f"model card {card_path.name} is missing next to the weights", weights_path)
+    try:
+        return json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"model card is not valid JSON ({exc})", card_path) from None
+
+
+def save_weights_with_card(
+    state_dict: dict[str, torch.Tensor], path: str | Path, card: dict
+) -> Path:
+    """Write ``path`` (.safetensors) and its card (.json) atomically; the card records the hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp)
+        card = dict(card, sha256=sha256_of(tmp), file=path.name)
+        card_tmp = Path(tmp).with_suffix(".json.partial")
+        card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, path)
+        os.replace(card_tmp, path.with_suffix(CARD_SUFFIX))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_safetensors_checked(path: str | Path, expected_sha256: str | None = None):
+    """Load a safetensors file after checking it against its card's (or the given) SHA-256."""
+    path = Path(path)
+    card = read_card(path)
+    expected = expected_sha256 or card.get("sha256")
+    if expected is None:
+        raise WeightsError("model card has no sha256 field", path.with_suffix(CARD_SUFFIX))
+    verify_sha256(path, expected)
+    try:
+        return load_file(str(path)), card
+    except Exception as exc:
+        raise WeightsError(f"not a readable safetensors file ({exc})", path) from None
