@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
-    p.add_argument("--i0", type=float, help="full-dose photons per ray (default: estimated from the image noise)")
+    p.add_argument("--i0", type=float,
+                   help="full-dose photons per ray (default: estimated from the image noise)")
     p.add_argument("--electronic-noise", type=float, default=10**0.5, help="electronic noise std (quanta)")
     p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
     p.add_argument("--views", type=int, default=576, help="projection views per rotation")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("denoise", help="denoise a CT input slice by slice")
     p.add_argument("input")
-    p.add_argument("--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    p.add_argument("--denoiser", required=True,
+                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=4)
     _add_denoiser_args(p)

@@ -50,14 +50,30 @@ def is_dicom_file(path: Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    # preamble-less (old-style) files start with a group 0002 or 0008 element, little endian
+    if head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return False
+    return "SOPClassUID" in ds or "Modality" in ds
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            return pydicom.dcmread(path, defer_size="2 MB")
+            try:
+                return pydicom.dcmread(path, defer_size="2 MB")
+            except InvalidDicomError:
+                # preamble-less (old-style) DICOM: accept only when it parses to real attributes
+                ds = pydicom.dcmread(path, defer_size="2 MB", force=True)
+                if "SOPClassUID" not in ds and "Modality" not in ds:
+                    raise
+                return ds
     except InvalidDicomError:
         raise InputError("not a DICOM file", path) from None
     except (EOFError, OSError, ValueError, KeyError, struct_error()) as exc:
