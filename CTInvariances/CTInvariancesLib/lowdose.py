@@ -41,6 +41,10 @@ class FanBeamGeometry:
     fan_angle_deg: float = 49.7
     n_views: int = 576  # 1152 on the scanner; per-view noise is scaled so the dose is the same
     filter: str = "hann"  # ramp filter apodisation: "ramp", "shepp-logan", "cosine", "hann"
+    # Bowtie filter: attenuates peripheral rays like a water cylinder of this radius would be
+    # missing there (capped at max_bowtie), making noise more uniform as on real scanners. 0: none.
+    bowtie_radius_mm: float = 160.0
+    max_bowtie: float = 3.0
 
     @property
     def channel_spacing_rad(self) -> float:
@@ -54,6 +58,15 @@ class FanBeamGeometry:
     def betas(self, n_views: int | None = None) -> torch.Tensor:
         n = n_views or self.n_views
         return torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
+
+    def bowtie(self) -> torch.Tensor:
+        """Extra attenuation (line-integral units) of the bowtie filter per channel."""
+        if self.bowtie_radius_mm <= 0:
+            return torch.zeros(self.n_channels, dtype=torch.float64)
+        offset = self.source_to_isocenter_mm * torch.sin(self.gammas()).abs()
+        r = self.bowtie_radius_mm
+        chord = 2 * torch.sqrt((r * r - offset * offset).clamp(min=0))
+        return (MU_WATER_PER_MM * (2 * r - chord)).clamp(max=self.max_bowtie)
 
     def fov_radius_mm(self) -> float:
         return self.source_to_isocenter_mm * math.sin(math.radians(self.fan_angle_deg) / 2)
@@ -201,6 +214,13 @@ def line_integrals(
     return p.clamp(min=0.0)
 
 
+def noise_line_integrals(
+    hu: torch.Tensor, pixel_mm: tuple[float, float], geometry: FanBeamGeometry
+) -> torch.Tensor:
+    """Line integrals that set the photon statistics: patient plus bowtie filter."""
+    return line_integrals(hu, pixel_mm, geometry) + geometry.bowtie()[None, :].to(hu.device)
+
+
 def noise_sinogram(
     p: torch.Tensor,
     dose_fraction: float,
@@ -277,7 +297,7 @@ class LowDoseSimulator:
         """I0 that makes simulated full-dose quantum noise match the slice's own noise."""
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         if p is None:
-            p = line_integrals(hu, pixel_mm, self.settings.geometry)
+            p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
         g = torch.Generator().manual_seed(12345)
         # dose factor (1-a)/a = 1 at a = 1/2; no electronic noise: full-dose quantum noise
         n = noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, g)
@@ -297,7 +317,7 @@ class LowDoseSimulator:
             raise ValueError("simulate() takes one 2-D slice")
         s = self.settings
         self._check_fov(hu.shape, pixel_mm)
-        p = line_integrals(hu, pixel_mm, s.geometry)
+        p = noise_line_integrals(hu, pixel_mm, s.geometry)
         i0 = s.i0 if s.i0 is not None else self.estimate_i0(slice_hu, pixel_mm, p)
         noise = self._noise_image(p, hu.shape, pixel_mm, s.dose_fraction, i0, seed)
         return (hu + noise).cpu().numpy().astype(np.float32), float(i0)
@@ -307,7 +327,7 @@ class LowDoseSimulator:
     ) -> np.ndarray:
         """The noise image alone (HU) for a given I0; for calibration and tests."""
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
-        p = line_integrals(hu, pixel_mm, self.settings.geometry)
+        p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
         return self._noise_image(
             p, hu.shape, pixel_mm, self.settings.dose_fraction, i0, seed
         ).cpu().numpy()

@@ -72,7 +72,7 @@ def make_pairs(
         raise ValueError("split must be 'train' or 'holdout'")
     root = require_shared_data()
     key = json.dumps(
-        [split, dose_fraction, realisations, seed, [s.__dict__ for s in SOURCES], "v1"], sort_keys=True
+        [split, dose_fraction, realisations, seed, [s.__dict__ for s in SOURCES], "v2-bowtie"], sort_keys=True
     )
     path = cache_dir() / f"pairs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():

@@ -141,7 +141,7 @@ class DenoiserTrainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            return {"mse": float(loss)}
+            return {"mse": float(loss.detach())}
         if arch == "wganvgg":
             return self._wgan_step(x, y)
         return self._dugan_step(x, y)
@@ -166,7 +166,7 @@ class DenoiserTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"mse": float(mse), "grad_l1": float(structure), "adv": float(adv), "critic": float(d_loss)}
+        return {"mse": float(mse.detach()), "grad_l1": float(structure.detach()), "adv": float(adv.detach()), "critic": float(d_loss)}
 
     def _dugan_step(self, x, y) -> dict[str, float]:
         # (critic, its optimiser, the domain it judges): image and gradient magnitude
@@ -188,7 +188,7 @@ class DenoiserTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"mse": float(mse), "grad_l1": float(grad), "adv": float(adv), "critic": d_total}
+        return {"mse": float(mse.detach()), "grad_l1": float(grad.detach()), "adv": float(adv.detach()), "critic": d_total}
 
     # --- main loop ---------------------------------------------------------------------------
     def run(self, pairs: dict[str, np.ndarray] | None = None, progress: bool = True) -> Path:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Re-train the bundled demo denoisers (CPU, demo scale) and record their held-out metrics.
+# Usage: scripts/train_demo_denoisers.sh [arch ...]   (default: all four; runs/ keeps checkpoints,
+# so an interrupted run resumes where it stopped). Needs ../shared/data (or CTINVARIANCES_DATA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLI=".venv/bin/ctinvariances"
+DEST="CTInvariances/Resources/Models/denoisers"
+mkdir -p "$DEST" runs
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
+train() {  # arch width steps lr batch
+  local arch=$1 width=$2 steps=$3 lr=$4 batch=$5
+  local wopt=(); [ "$width" != "-" ] && wopt=(--width "$width")
+  "$CLI" train denoiser --arch "$arch" "${wopt[@]}" --steps "$steps" --lr "$lr" \
+      --batch-size "$batch" --patch 64 --dose 0.25 --realisations 3 --seed 0 --device cpu \
+      --out "runs/$arch"
+  cp "runs/$arch/$arch.safetensors" "runs/$arch/$arch.json" "$DEST/"
+  "$CLI" evaluate --denoiser "$arch" --dose 0.25 --window soft-tissue --update-card \
+      --json "runs/$arch/eval.json"
+}
+
+for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do
+  for a in $arch; do
+    case $a in
+      cnn10)   train cnn10   -  4000 1e-3 16 ;;
+      wganvgg) train wganvgg -  3000 1e-3 16 ;;
+      redcnn)  train redcnn  32 3000 3e-4 16 ;;
+      dugan)   train dugan   32 3000 3e-4 16 ;;
+      *) echo "unknown denoiser $a" >&2; exit 2 ;;
+    esac
+  done
+done
