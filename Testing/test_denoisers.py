@@ -1,0 +1,145 @@
+"""The four denoisers: published layouts, every loading route, hash checks, slice-wise denoising."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from CTInvariancesLib.denoisers import DENOISER_NAMES, Denoiser, build_denoiser, load_denoiser
+from CTInvariancesLib.errors import CTInvariancesError, WeightsError
+from CTInvariancesLib.weights import save_weights_with_card, sha256_of
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", DENOISER_NAMES)
+def test_state_dict_equals_published_manifest(name):
+    path = REFERENCE / f"ldctbench_{name}.json"
+    if not path.exists():
+        pytest.skip(f"needs {path}")
+    ref = json.loads(path.read_text())
+    model = build_denoiser(name)
+    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+    assert ours == ref["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == ref["num_parameters"]
+
+
+@pytest.mark.parametrize("name", DENOISER_NAMES)
+def test_width_argument_and_shape_preserved(name):
+    small = build_denoiser(name, width=8)
+    x = torch.randn(2, 1, 40, 48)
+    assert small(x).shape == x.shape
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in build_denoiser(name).parameters())
+
+
+def test_redcnn_forward_has_the_published_shortcuts():
+    """With every conv weight zero, RED-CNN's output is its input (input->output shortcut)."""
+    net = build_denoiser("redcnn", width=4)
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.randn(1, 1, 30, 30)
+    assert torch.equal(net(x), x)
+
+
+def _published_file(tmp_path: Path, name: str, seed: int = 0) -> tuple[Path, dict]:
+    torch.manual_seed(seed)
+    model = build_denoiser(name)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / f"{name}.pt"
+    torch.save({"args": argparse.Namespace(lr=1e-4), "iteration": 10, "model_state_dict": state}, path)
+    return path, state
+
+
+def test_published_checkpoint_format_loads_with_expected_hash(tmp_path):
+    path, state = _published_file(tmp_path, "cnn10")
+    den = load_denoiser(str(path), sha256=sha256_of(path))
+    assert den.name == "cnn10"
+    for k, v in den.module.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_published_name_checked_against_published_hash(tmp_path):
+    """A file called cnn10.pt that is not the published one fails the published SHA-256."""
+    path, _ = _published_file(tmp_path, "cnn10")
+    with pytest.raises(WeightsError, match="SHA-256 mismatch: expected ee96e494") as info:
+        load_denoiser(str(path))
+    assert info.value.path == str(path)
+
+
+def test_wrong_architecture_is_named(tmp_path):
+    path, _ = _published_file(tmp_path, "wganvgg")
+    with pytest.raises(WeightsError, match="weights do not fit redcnn"):
+        load_denoiser(str(path), arch="redcnn", sha256=sha256_of(path))
+
+
+def test_safetensors_with_card_and_corruption(tmp_path):
+    model = build_denoiser("wganvgg", width=8)
+    path = save_weights_with_card(model.state_dict(), tmp_path / "w.safetensors",
+                                  {"arch": "wganvgg", "name": "w", "input_convention": "normalized"})
+    den = load_denoiser(str(path))
+    x = torch.randn(1, 1, 16, 16) * 100
+    with torch.no_grad():
+        assert torch.allclose(den.module(x), model.eval()(x))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="SHA-256 mismatch") as info:
+        load_denoiser(str(path))
+    assert info.value.path == str(path)
+
+
+def test_missing_card_is_named(tmp_path):
+    path = save_weights_with_card(build_denoiser("cnn10", width=4).state_dict(), tmp_path / "c.safetensors",
+                                  {"arch": "cnn10"})
+    path.with_suffix(".json").unlink()
+    with pytest.raises(WeightsError, match="model card c.json is missing"):
+        load_denoiser(str(path))
+
+
+def test_torchscript_custom_denoiser_in_hu(tmp_path):
+    scripted = torch.jit.script(build_denoiser("cnn10", width=4))
+    path = tmp_path / "mine.ts"
+    scripted.save(str(path))
+    den = load_denoiser(str(path), input_convention="hu")
+    assert den.input_convention == "hu" and den.sha256 == sha256_of(path)
+    x = torch.randn(1, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.allclose(den(x), scripted(x))
+    with pytest.raises(WeightsError, match="SHA-256 mismatch"):
+        load_denoiser(str(path), sha256="0" * 64)
+
+
+def test_module_callable_custom_denoiser():
+    den = load_denoiser("custom_denoisers:identity", input_convention="normalized")
+    x = np.full((2, 16, 16), 40.0, dtype=np.float32)
+    np.testing.assert_allclose(den.denoise_slices(x), x, atol=1e-3)
+    smooth = load_denoiser("custom_denoisers:smoother", input_convention="hu")
+    noisy = np.random.default_rng(0).normal(0, 20, (1, 32, 32)).astype(np.float32)
+    assert smooth.denoise_slices(noisy).std() < 0.5 * noisy.std()
+
+
+def test_unknown_denoiser_specs():
+    with pytest.raises(CTInvariancesError, match="no such denoiser"):
+        load_denoiser("nonexistent_net")
+    with pytest.raises(CTInvariancesError, match="cannot import the denoiser factory"):
+        load_denoiser("no_such_module_xyz:make")
+    with pytest.raises(ValueError, match="unknown denoiser"):
+        build_denoiser("unet")
+
+
+def test_denoise_slices_batches_consistently():
+    torch.manual_seed(1)
+    den = Denoiser(build_denoiser("cnn10", width=8), "cnn10")
+    x = np.random.default_rng(1).normal(0, 30, (5, 32, 32)).astype(np.float32)
+    one = den.denoise_slices(x, batch_size=1)
+    many = den.denoise_slices(x, batch_size=4)
+    np.testing.assert_allclose(one, many, atol=1e-3)
+    calls = []
+    den.denoise_slices(x, batch_size=2, progress=calls.append)
+    assert calls == [2, 2, 1]
