@@ -141,7 +141,7 @@ class DenoiserTrainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            return {"mse": float(loss.detach())}
+            return _scalars(mse=loss)
         if arch == "wganvgg":
             return self._wgan_step(x, y)
         return self._dugan_step(x, y)
@@ -166,7 +166,7 @@ class DenoiserTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"mse": float(mse.detach()), "grad_l1": float(structure.detach()), "adv": float(adv.detach()), "critic": float(d_loss)}
+        return _scalars(mse=mse, grad_l1=structure, adv=adv, critic=d_loss)
 
     def _dugan_step(self, x, y) -> dict[str, float]:
         # (critic, its optimiser, the domain it judges): image and gradient magnitude
@@ -188,7 +188,7 @@ class DenoiserTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"mse": float(mse.detach()), "grad_l1": float(grad.detach()), "adv": float(adv.detach()), "critic": d_total}
+        return _scalars(mse=mse, grad_l1=grad, adv=adv, critic=d_total)
 
     # --- main loop ---------------------------------------------------------------------------
     def run(self, pairs: dict[str, np.ndarray] | None = None, progress: bool = True) -> Path:
@@ -255,6 +255,10 @@ class DenoiserTrainer:
             },
         }
         return save_weights_with_card(self.model.state_dict(), self.out / f"{cfg.arch}.safetensors", card)
+
+
+def _scalars(**values) -> dict[str, float]:
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in values.items()}
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
