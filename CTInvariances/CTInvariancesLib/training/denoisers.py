@@ -179,7 +179,7 @@ class DenoiserTrainer:
             opt.zero_grad(set_to_none=True)
             d_loss.backward()
             opt.step()
-            d_total += float(d_loss)
+            d_total += float(d_loss.detach())
         fake = self.model(x)
         adv = sum(_lsgan_loss(critic(domain(fake)), 1.0) for critic, _, domain in domains)
         mse = F.mse_loss(fake, y)
@@ -191,7 +191,17 @@ class DenoiserTrainer:
         return _scalars(mse=mse, grad_l1=grad, adv=adv, critic=d_total)
 
     # --- main loop ---------------------------------------------------------------------------
-    def run(self, pairs: dict[str, np.ndarray] | None = None, progress: bool = True) -> Path:
+    def run(
+        self,
+        pairs: dict[str, np.ndarray] | None = None,
+        progress: bool = True,
+        stop_at: int | None = None,
+    ) -> Path | None:
+        """Train to ``cfg.steps`` (resuming from the last checkpoint) and export the weights.
+
+        ``stop_at`` ends this invocation after that step with a checkpoint but no export, as an
+        interruption would; a later ``run()`` continues exactly where it stopped.
+        """
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -207,7 +217,8 @@ class DenoiserTrainer:
         t0 = time.perf_counter()
         base_elapsed = self.elapsed
         running: dict[str, float] = {}
-        while self.step < cfg.steps:
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while self.step < end:
             lr = cfg.lr * (0.1 if self.step >= int(0.8 * cfg.steps) else 1.0)  # late decay
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -218,13 +229,15 @@ class DenoiserTrainer:
                 running[k] = 0.98 * running.get(k, v) + 0.02 * v
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()})
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step in (end, cfg.steps):
                 self.elapsed = base_elapsed + time.perf_counter() - t0
                 with open(self.log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed, 1),
                                         **{k: round(v, 6) for k, v in running.items()}}) + "\n")
                 self.save_checkpoint(sampler)
         bar.close()
+        if self.step < cfg.steps:
+            return None
         self.model.eval()
         return self.export(pairs)
 
