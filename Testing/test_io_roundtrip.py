@@ -101,5 +101,8 @@ def test_select_slices_updates_origin(abdomen_dir):
     assert sub.shape == (3, 512, 512)
     assert np.array_equal(sub.array, vol.array[5:8])
     np.testing.assert_allclose(sub.origin, vol.index_to_physical(5, 0, 0))
+    assert sub.source_slice_indices == [5, 6, 7]
+    assert sub.select_slices(parse_slices("-1:")).source_slice_indices == [7]
+    assert sub.tags["slice_positions_mm"] == vol.tags["slice_positions_mm"][5:8]
     assert parse_slices("3") == slice(3, 4)
     assert parse_slices(None) == slice(None)

@@ -188,13 +188,14 @@ def cmd_simulate(args) -> int:
     )
     sim = LowDoseSimulator(settings, device=device)
     pixel_mm = (vol.spacing[1], vol.spacing[0])
-    first = 0 if not args.slices else _first_index(args.slices)
     result = np.empty_like(vol.array)
     i0s = []
     with _progress(vol.shape[0], "simulate") as bar:
         for k in range(vol.shape[0]):
             try:
-                result[k], i0 = sim.simulate(vol.array[k], pixel_mm, slice_seed(args.seed, first + k))
+                # seeded by the slice's index in the input, so --slices picks the same noise
+                seed = slice_seed(args.seed, vol.source_slice_indices[k])
+                result[k], i0 = sim.simulate(vol.array[k], pixel_mm, seed)
             except ValueError as exc:
                 raise CTInvariancesError(str(exc), vol.source) from None
             i0s.append(i0)
@@ -202,13 +203,6 @@ def cmd_simulate(args) -> int:
     write_volume(vol.with_array(result), out)
     print(f"wrote {out} ({vol.shape[0]} slices, dose {args.dose:g}, I0 {np.median(i0s):.4g} photons/ray)")
     return 0
-
-
-def _first_index(text: str) -> int:
-    from ..io import parse_slices
-
-    s = parse_slices(text)
-    return s.start or 0 if (s.start or 0) >= 0 else 0
 
 
 def _load_denoiser(args, device):
@@ -241,8 +235,13 @@ def cmd_evaluate(args) -> int:
         window = parse_window(args.window)
     except ValueError as exc:
         raise CTInvariancesError(str(exc)) from None
+    from ..evaluation import HOLDOUT_SEED
+    from ..training.data import SOURCES, make_pairs
+
     den = _load_denoiser(args, resolve_device(args.device))
-    res = evaluate_denoiser(den, dose_fraction=args.dose, window=window)
+    with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
+        pairs = make_pairs("holdout", args.dose, realisations=1, seed=HOLDOUT_SEED, progress=bar.update)
+    res = evaluate_denoiser(den, dose_fraction=args.dose, window=window, pairs=pairs)
     print(f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}")
     print(f"  {'':<10} {'PSNR dB':>8} {'SSIM':>7} {'RMSE HU':>8}")
     for key in ("low_dose", "denoised"):

@@ -64,14 +64,24 @@ class CTVolume:
             )
         spacing = list(self.spacing)
         spacing[2] *= step
+        tags = dict(self.tags)
+        parent = self.source_slice_indices
+        tags["source_slice_indices"] = [parent[i] for i in idx]
+        if "slice_positions_mm" in tags:
+            tags["slice_positions_mm"] = [tags["slice_positions_mm"][i] for i in idx]
         return replace(
             self,
             array=self.array[idx].copy(),
             origin=tuple(self.index_to_physical(idx[0], 0, 0)),
             spacing=tuple(spacing),
-            tags=dict(self.tags),
+            tags=tags,
             warnings=list(self.warnings),
         )
+
+    @property
+    def source_slice_indices(self) -> list[int]:
+        """Index of each slice in the volume as read (kept through ``select_slices``)."""
+        return list(self.tags.get("source_slice_indices", range(self.shape[0])))
 
     def with_array(self, array: np.ndarray) -> CTVolume:
         """Same geometry and tags, new voxel values (same shape)."""

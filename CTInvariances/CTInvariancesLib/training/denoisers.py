@@ -248,6 +248,7 @@ class DenoiserTrainer:
             "name": cfg.arch,
             "arch": cfg.arch,
             "kwargs": {} if width is None else {"width": width},
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "input_convention": "normalized",
             "normalization": "ldct-benchmark meanstd: (HU + 1024 - 481.454) / 502.185",
             "training": {
