@@ -62,3 +62,18 @@ def test_loss_decreases(tmp_path, small_pairs):
     DenoiserTrainer(cfg).run(pairs=small_pairs, progress=False)
     log = [json.loads(line) for line in (tmp_path / "cnn10" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["mse"] < log[0]["mse"]
+
+
+@pytest.mark.parametrize("arch", ["cnn10", "wganvgg"])
+def test_identity_init_starts_as_the_identity(arch):
+    from CTInvariancesLib.denoisers import build_denoiser
+    from CTInvariancesLib.normalization import hu_to_normalized
+    from CTInvariancesLib.training.denoisers import identity_init
+
+    torch.manual_seed(0)
+    net = build_denoiser(arch)
+    assert identity_init(net)
+    x = hu_to_normalized(torch.empty(1, 1, 40, 40).uniform_(-1024, 3000))
+    with torch.no_grad():
+        assert float((net(x) - x).abs().max()) < 0.05  # < 25 HU before any training
+    assert not identity_init(build_denoiser("redcnn", width=4))  # residual nets need none
