@@ -32,7 +32,8 @@ def _prod(shape) -> int:
 
 def table() -> str:
     rows = [
-        "| model | params | steps | train time | PSNR dB (LD -> denoised) | gain dB | SSIM (LD -> denoised) | gain |",
+        "| model | params | steps | train time | PSNR dB (LD -> denoised) | gain dB "
+        "| SSIM (LD -> denoised) | gain |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("cnn10", "redcnn", "wganvgg", "dugan"):
@@ -48,8 +49,9 @@ def table() -> str:
             rows.append(f"| {name} (width {width}) | | {t['steps']} | | not evaluated | | | |")
             continue
         ld, dn = m["low_dose"], m["denoised"]
+        n_params = n_parameters(card_path.with_suffix(".safetensors"))
         rows.append(
-            f"| {name} (width {width}) | {n_parameters(card_path.with_suffix('.safetensors')):,} | {t['steps']} | "
+            f"| {name} (width {width}) | {n_params:,} | {t['steps']} | "
             f"{t['train_time_s'] / 60:.0f} min | {ld['psnr_db']:.2f} -> {dn['psnr_db']:.2f} | "
             f"{m['psnr_gain_db']:+.2f} | {ld['ssim']:.3f} -> {dn['ssim']:.3f} | {m['ssim_gain']:+.3f} |"
         )
