@@ -25,8 +25,8 @@ for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do
     case $a in
       cnn10)   train cnn10   -  8000 3e-4 16 ;;
       wganvgg) train wganvgg -  4000 3e-4 16 ;;
-      redcnn)  train redcnn  32 5000 3e-4 16 ;;
-      dugan)   train dugan   32 2500 3e-4 16 ;;
+      redcnn)  train redcnn  32 3000 3e-4 16 ;;
+      dugan)   train dugan   32 2000 3e-4 16 ;;
       *) echo "unknown denoiser $a" >&2; exit 2 ;;
     esac
   done

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..denoisers import build_denoiser
 from ..denoisers.dugan import UNetCritic, sobel_gradients
+from ..denoisers.redcnn import REDCNN
 from ..weights import save_weights_with_card
 from .data import PatchSampler, make_pairs
 
@@ -45,7 +46,7 @@ class DenoiserTrainingConfig:
     checkpoint_every: int = 200
     adv_weight: float = 1e-3
     critic_width: int = 16
-    identity_init: bool = True  # cnn10 / wganvgg start as the identity map (see identity_init)
+    identity_init: bool = True  # start as the identity map (see identity_init)
     extra: dict = field(default_factory=dict)
 
 
@@ -71,15 +72,20 @@ class WGANCritic(nn.Module):
 
 @torch.no_grad()
 def identity_init(model: nn.Module, offset: float = 2.0, others: float = 0.01) -> bool:
-    """Start a plain conv stack (cnn10, wganvgg) as the identity map.
+    """Start a denoiser as the identity map, so that training learns denoising as a departure
+    from the input instead of first learning to reproduce the image: what makes these networks
+    trainable in minutes on a CPU. The architecture (and state_dict) is unchanged.
 
-    Channel 0 of every layer carries the input through (a centred delta kernel; the first bias
-    adds ``offset`` so that the ReLUs pass any normalised CT value, the last subtracts it); the
-    output layer's other inputs are scaled by ``others``. Training then learns denoising as a
-    departure from the identity instead of first learning to reproduce the image, which is what
-    makes these non-residual networks trainable in minutes on a CPU. Returns False (and changes
-    nothing) for other architectures.
+    RED-CNN / DU-GAN: the last transposed conv is zeroed, leaving the input->output shortcut.
+    Plain conv stacks (cnn10, wganvgg): channel 0 of every layer carries the input through (a
+    centred delta kernel; the first bias adds ``offset`` so that the ReLUs pass any normalised CT
+    value, the last subtracts it) and the output layer's other inputs are scaled by ``others``.
+    Returns False (changing nothing) for anything else.
     """
+    if isinstance(model, REDCNN):
+        nn.init.zeros_(model.tconv5.weight)
+        nn.init.zeros_(model.tconv5.bias)
+        return True
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if len(convs) < 2 or any(isinstance(m, nn.ConvTranspose2d) for m in model.modules()):
         return False
