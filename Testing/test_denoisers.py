@@ -144,3 +144,16 @@ def test_denoise_slices_batches_consistently():
     calls = []
     den.denoise_slices(x, batch_size=2, progress=calls.append)
     assert calls == [2, 2, 1]
+
+
+def test_torch_export_program(tmp_path):
+    net = build_denoiser("cnn10", width=4).eval()
+    x = torch.randn(2, 1, 24, 24)
+    dims = {"x": {0: torch.export.Dim("b", max=64), 2: torch.export.Dim("h", min=8, max=4096),
+                  3: torch.export.Dim("w", min=8, max=4096)}}
+    path = tmp_path / "mine.pt2"
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=dims), str(path))
+    den = load_denoiser(str(path), input_convention="hu")
+    y = torch.randn(1, 1, 40, 32)
+    with torch.no_grad():
+        assert torch.allclose(den(y), net(y), atol=1e-5)

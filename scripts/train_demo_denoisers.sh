@@ -23,10 +23,10 @@ train() {  # arch width steps lr batch
 for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do
   for a in $arch; do
     case $a in
-      cnn10)   train cnn10   -  8000 3e-4 16 ;;
-      wganvgg) train wganvgg -  4000 3e-4 16 ;;
-      redcnn)  train redcnn  32 3000 3e-4 16 ;;
-      dugan)   train dugan   32 2000 3e-4 16 ;;
+      cnn10)   train cnn10   -  6000 3e-4 16 ;;
+      wganvgg) train wganvgg -  3000 3e-4 16 ;;
+      redcnn)  train redcnn  32 2500 3e-4 16 ;;
+      dugan)   train dugan   32 1500 3e-4 16 ;;
       *) echo "unknown denoiser $a" >&2; exit 2 ;;
     esac
   done

@@ -242,12 +242,15 @@ def cmd_evaluate(args) -> int:
     with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
         pairs = make_pairs("holdout", args.dose, realisations=1, seed=HOLDOUT_SEED, progress=bar.update)
     res = evaluate_denoiser(den, dose_fraction=args.dose, window=window, pairs=pairs)
-    print(f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}")
-    print(f"  {'':<10} {'PSNR dB':>8} {'SSIM':>7} {'RMSE HU':>8}")
+    print(f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}, "
+          "in the patient body (whole slice in brackets)")
+    print(f"  {'':<10} {'PSNR dB':>16} {'SSIM':>15} {'RMSE HU':>8}")
     for key in ("low_dose", "denoised"):
         r = res[key]
-        print(f"  {key:<10} {r['psnr_db']:8.2f} {r['ssim']:7.3f} {r['rmse_hu']:8.2f}")
-    print(f"  gain       {res['psnr_gain_db']:+8.2f} {res['ssim_gain']:+7.3f}")
+        print(f"  {key:<10} {r['psnr_db']:7.2f} ({r['psnr_db_whole_slice']:6.2f}) "
+              f"{r['ssim']:6.3f} ({r['ssim_whole_slice']:5.3f}) {r['rmse_hu']:8.2f}")
+    print(f"  {'gain':<10} {res['psnr_gain_db']:+7.2f} ({res['psnr_gain_db_whole_slice']:+6.2f}) "
+          f"{res['ssim_gain']:+6.3f} ({res['ssim_gain_whole_slice']:+5.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.update_card:
@@ -262,7 +265,7 @@ def _update_card(den, res) -> None:
         raise CTInvariancesError("--update-card needs a .safetensors denoiser with a card", den.source)
     card = json.loads(card_path.read_text())
     card.setdefault("metrics", {})[f"holdout_dose_{res['dose_fraction']:g}"] = {
-        k: res[k] for k in ("window", "n_slices", "low_dose", "denoised", "psnr_gain_db", "ssim_gain")
+        k: v for k, v in res.items() if k not in ("denoiser", "slices")
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 

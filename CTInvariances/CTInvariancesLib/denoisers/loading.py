@@ -56,7 +56,10 @@ class Denoiser:
         self.source = source
         self.card = card or {}
         if isinstance(module, nn.Module):
-            module.eval()
+            try:
+                module.eval()
+            except NotImplementedError:  # torch.export programs are already inference graphs
+                pass
             for p in module.parameters():
                 p.requires_grad_(False)
 
@@ -166,7 +169,8 @@ def load_denoiser(
     """Resolve ``spec`` to a :class:`Denoiser`.
 
     ``spec``: a bundled name (cnn10, redcnn, wganvgg, dugan); a published ``<name>.pt``; a
-    ``.safetensors`` file with its ``.json`` card; a TorchScript file; or ``module:callable``
+    ``.safetensors`` file with its ``.json`` card; a TorchScript file; a ``torch.export`` ``.pt2``
+    program (exported with a dynamic batch/height/width); or ``module:callable``
     returning an ``nn.Module`` (``input_convention`` then defaults to "normalized").
     """
     denoiser = _resolve(spec, arch, input_convention, sha256)
@@ -185,6 +189,13 @@ def _resolve(spec, arch, input_convention, sha256) -> Denoiser:
     if path.exists():
         if path.suffix == ".safetensors":
             return _from_safetensors(path, sha256)
+        if path.suffix == ".pt2":  # torch.export ExportedProgram, TorchScript's successor
+            digest = verify_sha256(path, sha256)
+            try:
+                module = torch.export.load(str(path)).module()
+            except Exception as exc:
+                raise WeightsError(f"not a loadable torch.export program ({exc})", path) from None
+            return Denoiser(module, path.stem, input_convention or "normalized", digest, str(path))
         if _is_torchscript(path):
             digest = verify_sha256(path, sha256)
             try:
