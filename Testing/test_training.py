@@ -57,11 +57,20 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path, small_pairs):
 
 def test_loss_decreases(tmp_path, small_pairs):
     torch.set_num_threads(1)
-    cfg = _cfg(tmp_path, "cnn10", 60, lr=3e-3)
+    cfg = _cfg(tmp_path, "cnn10", 60, lr=3e-3, relative_from=1.0)  # plain MSE throughout
     cfg.checkpoint_every = 20
     DenoiserTrainer(cfg).run(pairs=small_pairs, progress=False)
     log = [json.loads(line) for line in (tmp_path / "cnn10" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["mse"] < log[0]["mse"]
+
+
+def test_relative_mse_weights_patches_by_their_noise():
+    from CTInvariancesLib.training.denoisers import relative_mse
+
+    y = torch.zeros(2, 1, 4, 4)
+    x = torch.cat([torch.full((1, 1, 4, 4), 1.0), torch.full((1, 1, 4, 4), 0.1)])
+    out = x * 0.5  # halves both errors: each patch keeps a quarter of its squared error
+    assert float(relative_mse(out, y, x)) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("arch", ["cnn10", "wganvgg", "redcnn", "dugan"])
