@@ -112,3 +112,13 @@ def test_phantom_ten_percent_matches_the_real_ten_percent_scan(phantom_dir):
 def test_dose_fraction_validated():
     with pytest.raises(ValueError, match="dose fraction must be in"):
         LowDoseSimulator(LowDoseSettings(dose_fraction=1.5))
+
+
+def test_anatomy_outside_the_field_of_view_is_refused():
+    img = np.full((256, 256), -1000.0, dtype=np.float32)
+    img[100:156, 100:156] = 40.0
+    sim = LowDoseSimulator(LowDoseSettings(i0=1e5))
+    sim.simulate(img, (1.0, 1.0), seed=0)  # 56 mm of tissue at the centre: fine
+    img[0:10, 0:10] = 40.0  # a corner of a 600 mm image: 420 mm from the centre
+    with pytest.raises(ValueError, match="outside the simulated scanner's 500 mm field of view"):
+        sim.simulate(img, (2.34, 2.34), seed=0)
