@@ -70,7 +70,12 @@ def test_relative_mse_weights_patches_by_their_noise():
     y = torch.zeros(2, 1, 4, 4)
     x = torch.cat([torch.full((1, 1, 4, 4), 1.0), torch.full((1, 1, 4, 4), 0.1)])
     out = x * 0.5  # halves both errors: each patch keeps a quarter of its squared error
-    assert float(relative_mse(out, y, x)) == pytest.approx(0.25)
+    assert float(relative_mse(out, y, x) / relative_mse(x, y, x)) == pytest.approx(0.25)
+    assert float(relative_mse(x, y, x)) == pytest.approx(float(((x - y) ** 2).mean()))  # MSE scale
+    # a patch with 100x less noise weighs as much as the noisy one: fixing only it gains as much
+    fix_quiet = torch.cat([x[:1], y[1:]])
+    fix_loud = torch.cat([y[:1], x[1:]])
+    assert float(relative_mse(fix_quiet, y, x)) == pytest.approx(float(relative_mse(fix_loud, y, x)))
 
 
 @pytest.mark.parametrize("arch", ["cnn10", "wganvgg", "redcnn", "dugan"])

@@ -113,10 +113,12 @@ def pixel_loss(output, target, noisy, relative: bool) -> torch.Tensor:
 
 
 def relative_mse(output: torch.Tensor, target: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """Mean over patches of MSE(output, target) / MSE(noisy, target)."""
+    """Noise-normalised MSE: each patch's MSE(output, target) divided by its MSE(noisy, target),
+    times the batch mean of the latter, so the loss keeps the scale of MSE (switching from MSE
+    does not upset Adam's moment estimates)."""
     err = ((output - target) ** 2).mean(dim=(1, 2, 3))
-    ref = ((noisy - target) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-8)
-    return (err / ref).mean()
+    ref = ((noisy - target) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-12).detach()
+    return (err / ref).mean() * ref.mean()
 
 
 def _gradient_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
