@@ -91,3 +91,17 @@ def test_identity_init_starts_as_the_identity(arch):
     with torch.no_grad():
         assert float((net(x) - x).abs().max()) < 0.05  # < 25 HU before any training
     assert not identity_init(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_fine_tune_from_weights_records_its_start(tmp_path, small_pairs):
+    torch.set_num_threads(1)
+    first = DenoiserTrainer(_cfg(tmp_path / "a", "cnn10", 3)).run(pairs=small_pairs, progress=False)
+    cfg = _cfg(tmp_path / "b", "cnn10", 3, init=str(first), relative_from=0.0)
+    tuned = DenoiserTrainer(cfg)
+    start = {k: v.clone() for k, v in tuned.model.state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in load_denoiser(str(first)).module.state_dict().items())
+    path = tuned.run(pairs=small_pairs, progress=False)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["training"]["init"]["sha256"] == json.loads(first.with_suffix(".json").read_text())["sha256"]
+    assert card["training"]["init"]["training"]["steps"] == 3
+    assert card["training"]["identity_init"] is False

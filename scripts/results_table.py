@@ -30,6 +30,13 @@ def _prod(shape) -> int:
     return n
 
 
+def _stages(training: dict) -> list[dict]:
+    """Training stages, earliest first (a fine-tuned model's card nests its starting point's)."""
+    init = training.get("init") or {}
+    earlier = _stages(init["training"]) if init.get("training") else []
+    return [*earlier, training]
+
+
 def table() -> str:
     rows = [
         "| model | params | steps | train time | PSNR dB (LD -> denoised) | gain dB "
@@ -43,7 +50,9 @@ def table() -> str:
             continue
         card = json.loads(card_path.read_text())
         m = card.get("metrics", {}).get(KEY)
-        t = card["training"]
+        stages = _stages(card["training"])
+        t = {"steps": sum(st["steps"] for st in stages),
+             "train_time_s": sum(st["train_time_s"] for st in stages)}
         width = card.get("kwargs", {}).get("width", "published")
         if m is None:
             rows.append(f"| {name} (width {width}) | | {t['steps']} | | not evaluated | | | |")

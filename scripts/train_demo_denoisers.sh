@@ -12,12 +12,16 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 train() {  # arch width steps lr batch
   local arch=$1 width=$2 steps=$3 lr=$4 batch=$5
   local wopt=(); [ "$width" != "-" ] && wopt=(--width "$width")
-  "$CLI" train denoiser --arch "$arch" "${wopt[@]}" --steps "$steps" --lr "$lr" \
-      --batch-size "$batch" --patch 64 --dose 0.25 --realisations 3 --seed 0 --device cpu \
-      --out "runs/$arch"
-  cp "runs/$arch/$arch.safetensors" "runs/$arch/$arch.json" "$DEST/"
+  local common=(--arch "$arch" "${wopt[@]}" --batch-size "$batch" --patch 64 --dose 0.25
+                --realisations 3 --seed 0 --device cpu)
+  # stage 1: from the identity, MSE then (last 40 %) noise-normalised MSE
+  "$CLI" train denoiser "${common[@]}" --steps "$steps" --lr "$lr" --out "runs/$arch"
+  # stage 2: 600 steps of noise-normalised MSE at a third of the rate, fresh optimiser
+  "$CLI" train denoiser "${common[@]}" --steps 600 --lr 1e-4 --relative-from 0 \
+      --init "runs/$arch/$arch.safetensors" --out "runs/$arch-finetune"
+  cp "runs/$arch-finetune/$arch.safetensors" "runs/$arch-finetune/$arch.json" "$DEST/"
   "$CLI" evaluate --denoiser "$arch" --dose 0.25 --window soft-tissue --update-card \
-      --json "runs/$arch/eval.json"
+      --json "runs/$arch-finetune/eval.json"
 }
 
 for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--realisations", type=int, default=3, help="noise realisations per slice")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--adv-weight", type=float, default=1e-3)
+    t.add_argument("--relative-from", type=float, default=0.6,
+                   help="fraction of the steps after which the pixel loss is the noise-normalised MSE")
+    t.add_argument("--init", metavar="WEIGHTS",
+                   help="fine-tune: start from these weights (.safetensors with card, or a published .pt)")
     t.add_argument("--device", default="auto")
     return parser
 
@@ -277,6 +281,7 @@ def cmd_train(args) -> int:
         arch=args.arch, out=args.out, width=args.width, steps=args.steps,
         batch_size=args.batch_size, patch=args.patch, lr=args.lr, dose_fraction=args.dose,
         realisations=args.realisations, seed=args.seed, adv_weight=args.adv_weight,
+        relative_from=args.relative_from, init=args.init,
     )
     path = DenoiserTrainer(cfg, device=resolve_device(args.device)).run(progress=sys.stderr.isatty())
     print(f"wrote {path}")

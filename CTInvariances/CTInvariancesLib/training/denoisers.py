@@ -54,6 +54,7 @@ class DenoiserTrainingConfig:
     critic_width: int = 16
     identity_init: bool = True  # start as the identity map (see identity_init)
     relative_from: float = 0.6  # fraction of steps after which the pixel loss is relative_mse
+    init: str | None = None  # start from these weights (fine-tuning) instead of identity_init
     extra: dict = field(default_factory=dict)
 
 
@@ -134,7 +135,11 @@ class DenoiserTrainer:
         torch.manual_seed(cfg.seed)
         kw = {} if cfg.width is None else {"width": cfg.width}
         self.model = build_denoiser(cfg.arch, **kw)
-        self.identity_initialised = cfg.identity_init and identity_init(self.model)
+        self.init_sha256 = None
+        self.init_card: dict = {}
+        if cfg.init:
+            self.init_sha256 = self._load_init(cfg.init)
+        self.identity_initialised = not cfg.init and cfg.identity_init and identity_init(self.model)
         self.model.to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.critics: list[nn.Module] = []
@@ -150,6 +155,18 @@ class DenoiserTrainer:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "log.jsonl"
+
+    def _load_init(self, path: str) -> str:
+        """Load starting weights (our .safetensors with card, or a published .pt); their hash."""
+        from ..denoisers import load_denoiser
+
+        den = load_denoiser(path, arch=self.cfg.arch)
+        try:
+            self.model.load_state_dict(den.module.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: weights do not fit {self.cfg.arch} of this width: {exc}") from None
+        self.init_card = den.card
+        return den.sha256
 
     # --- checkpoints -------------------------------------------------------------------------
     def _ckpt_path(self) -> Path:
@@ -322,6 +339,11 @@ class DenoiserTrainer:
                 "lr": cfg.lr,
                 "seed": cfg.seed,
                 "identity_init": self.identity_initialised,
+                "init": None if not cfg.init else {
+                    "from": cfg.init,
+                    "sha256": self.init_sha256,
+                    "training": self.init_card.get("training"),  # the earlier stage(s)
+                },
                 "pixel_loss": f"MSE for steps < {int(cfg.relative_from * cfg.steps)}, then "
                 "noise-normalised MSE (per-patch MSE / MSE of the low-dose input)",
                 "recipe": __doc__.split("Recipes")[1].strip().split("\n\n")[0] if __doc__ else "",
