@@ -9,15 +9,15 @@ DEST="CTInvariances/Resources/Models/denoisers"
 mkdir -p "$DEST" runs
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-train() {  # arch width steps lr batch
-  local arch=$1 width=$2 steps=$3 lr=$4 batch=$5
+train() {  # arch width steps lr batch finetune-steps
+  local arch=$1 width=$2 steps=$3 lr=$4 batch=$5 ft_steps=$6
   local wopt=(); [ "$width" != "-" ] && wopt=(--width "$width")
   local common=(--arch "$arch" "${wopt[@]}" --batch-size "$batch" --patch 64 --dose 0.25
                 --realisations 3 --seed 0 --device cpu)
   # stage 1: from the identity, MSE then (last 40 %) noise-normalised MSE
   "$CLI" train denoiser "${common[@]}" --steps "$steps" --lr "$lr" --out "runs/$arch"
-  # stage 2: 600 steps of noise-normalised MSE at a third of the rate, fresh optimiser
-  "$CLI" train denoiser "${common[@]}" --steps 600 --lr 1e-4 --relative-from 0 \
+  # stage 2: noise-normalised MSE at a third of the rate, fresh optimiser
+  "$CLI" train denoiser "${common[@]}" --steps "$ft_steps" --lr 1e-4 --relative-from 0 \
       --init "runs/$arch/$arch.safetensors" --out "runs/$arch-finetune"
   cp "runs/$arch-finetune/$arch.safetensors" "runs/$arch-finetune/$arch.json" "$DEST/"
   "$CLI" evaluate --denoiser "$arch" --dose 0.25 --window soft-tissue --update-card \
@@ -27,10 +27,10 @@ train() {  # arch width steps lr batch
 for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do
   for a in $arch; do
     case $a in
-      cnn10)   train cnn10   -  6000 3e-4 16 ;;
-      wganvgg) train wganvgg -  3000 3e-4 16 ;;
-      redcnn)  train redcnn  32 2500 3e-4 16 ;;
-      dugan)   train dugan   32 1500 3e-4 16 ;;
+      cnn10)   train cnn10   -  6000 3e-4 16 2000 ;;
+      wganvgg) train wganvgg -  3000 3e-4 16 600 ;;
+      redcnn)  train redcnn  32 2500 3e-4 16 600 ;;
+      dugan)   train dugan   32 1500 3e-4 16 600 ;;
       *) echo "unknown denoiser $a" >&2; exit 2 ;;
     esac
   done
