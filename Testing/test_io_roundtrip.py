@@ -106,3 +106,14 @@ def test_select_slices_updates_origin(abdomen_dir):
     assert sub.tags["slice_positions_mm"] == vol.tags["slice_positions_mm"][5:8]
     assert parse_slices("3") == slice(3, 4)
     assert parse_slices(None) == slice(None)
+
+
+def test_written_files_get_normal_permissions(ct_small, tmp_path):
+    import os
+    import stat
+
+    out = write_volume(read_volume(ct_small), tmp_path / "o.nrrd")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert not list(tmp_path.glob(".partial-*"))

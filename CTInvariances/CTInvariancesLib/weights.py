@@ -16,6 +16,13 @@ from .errors import WeightsError
 CARD_SUFFIX = ".json"
 
 
+def default_file_mode() -> int:
+    """rw for everyone the umask allows (mkstemp's temporary files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -67,6 +74,7 @@ def save_weights_with_card(
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp)
+        os.chmod(tmp, default_file_mode())
         card = dict(card, sha256=sha256_of(tmp), file=path.name)
         card_tmp = Path(tmp).with_suffix(".json.partial")
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..weights import default_file_mode
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder
 from .volume import CTVolume
 
@@ -126,6 +127,7 @@ def write_volume(volume: CTVolume, path: str | Path) -> Path:
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=True)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
