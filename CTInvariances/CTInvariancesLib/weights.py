@@ -12,15 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
+from .files import default_file_mode
 
 CARD_SUFFIX = ".json"
-
-
-def default_file_mode() -> int:
-    """rw for everyone the umask allows (mkstemp's temporary files are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:

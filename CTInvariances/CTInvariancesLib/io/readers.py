@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..weights import default_file_mode
+from ..files import default_file_mode
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder
 from .volume import CTVolume
 
