@@ -28,9 +28,9 @@ for arch in "${@:-cnn10 wganvgg redcnn dugan}"; do
   for a in $arch; do
     case $a in
       cnn10)   train cnn10   -  6000 3e-4 16 2000 ;;
-      wganvgg) train wganvgg -  3000 3e-4 16 600 ;;
+      wganvgg) train wganvgg -  3000 3e-4 16 300 ;;
       redcnn)  train redcnn  32 2500 3e-4 16 600 ;;
-      dugan)   train dugan   32 1500 3e-4 16 600 ;;
+      dugan)   train dugan   32 1500 3e-4 16 300 ;;
       *) echo "unknown denoiser $a" >&2; exit 2 ;;
     esac
   done
