@@ -12,9 +12,10 @@ import torch
 
 from CTInvariancesLib.denoisers import DENOISER_NAMES, Denoiser, build_denoiser, load_denoiser
 from CTInvariancesLib.errors import CTInvariancesError, WeightsError
+from CTInvariancesLib.training.data import shared_data_dir
 from CTInvariancesLib.weights import save_weights_with_card, sha256_of
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = shared_data_dir().parent / "reference"  # ../shared/reference beside the data
 ROOT = Path(__file__).resolve().parents[1]
 
 
