@@ -21,7 +21,7 @@ Pure torch, CPU or GPU; no astra/ODL dependency.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,9 +78,6 @@ class LowDoseSettings:
     i0: float | None = None  # photons per ray at full dose; None: estimate from the image noise
     electronic_noise: float = math.sqrt(10.0)  # s_e, std of electronic noise in quanta
     geometry: FanBeamGeometry = FanBeamGeometry()
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def hu_to_mu(hu: torch.Tensor) -> torch.Tensor:

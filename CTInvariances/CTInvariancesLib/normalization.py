@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-import numpy as np
-
 HU_OFFSET = 1024.0
 MEAN = 481.45419786099086
 STD = 502.18507379395044
@@ -26,7 +24,3 @@ def hu_to_normalized(hu: ArrayT) -> ArrayT:
 def normalized_to_hu(x: ArrayT) -> ArrayT:
     """Network output units -> HU (exact inverse of :func:`hu_to_normalized`)."""
     return x * STD + (MEAN - HU_OFFSET)
-
-
-def hu_to_stored(hu: np.ndarray) -> np.ndarray:
-    return hu + HU_OFFSET

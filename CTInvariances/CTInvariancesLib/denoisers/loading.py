@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import CTInvariancesError, WeightsError
 from ..normalization import hu_to_normalized, normalized_to_hu
 from ..weights import load_safetensors_checked, models_dir, verify_sha256
-from . import DENOISER_NAMES, PUBLISHED_WIDTH, build_denoiser
+from . import DENOISER_NAMES, build_denoiser
 
 INPUT_CONVENTIONS = ("normalized", "hu")
 
@@ -124,7 +124,13 @@ def load_published_checkpoint(path: str | Path, arch: str, expected_sha256: str 
     """State dict from an ldct-benchmark ``{args, iteration, model_state_dict}`` file, hash-checked."""
     path = Path(path)
     expected = expected_sha256 or PUBLISHED_SHA256.get(arch)
-    sha = verify_sha256(path, expected)
+    try:
+        sha = verify_sha256(path, expected)
+    except WeightsError as exc:
+        if expected_sha256 is None and arch in PUBLISHED_SHA256:
+            hint = f"; the published file is {PUBLISHED_URL.format(name=arch)}, or give --sha256"
+            raise WeightsError(exc.problem + hint, path) from None
+        raise
     try:
         with _allow_namespace():
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -245,7 +251,3 @@ def _from_callable(spec: str, input_convention: str | None) -> Denoiser:
         raise CTInvariancesError("the factory did not return a torch module", spec)
     source = getattr(module, "__file__", mod_name)
     return Denoiser(net, attr, input_convention or "normalized", None, f"{spec} ({source})")
-
-
-def published_width(name: str) -> int:
-    return PUBLISHED_WIDTH[name]

@@ -6,6 +6,7 @@ Every problem is reported as an :class:`InputError` naming the file (or folder) 
 from __future__ import annotations
 
 import math
+import struct
 import warnings as pywarnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +77,8 @@ def _read_header(path: Path) -> pydicom.Dataset:
                 return ds
     except InvalidDicomError:
         raise InputError("not a DICOM file", path) from None
-    except (EOFError, OSError, ValueError, KeyError, struct_error()) as exc:
+    except (EOFError, OSError, ValueError, KeyError, struct.error) as exc:
         raise InputError(f"truncated or corrupt DICOM file ({_short(exc)})", path) from None
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
 
 
 def _short(exc: BaseException) -> str:
