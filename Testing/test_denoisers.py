@@ -69,7 +69,8 @@ def test_published_checkpoint_format_loads_with_expected_hash(tmp_path):
 def test_published_name_checked_against_published_hash(tmp_path):
     """A file called cnn10.pt that is not the published one fails the published SHA-256."""
     path, _ = _published_file(tmp_path, "cnn10")
-    with pytest.raises(WeightsError, match="SHA-256 mismatch: expected ee96e494.*cnn10.pt, or give --sha256") as info:
+    expected = "SHA-256 mismatch: expected ee96e494.*cnn10.pt, or give --sha256"
+    with pytest.raises(WeightsError, match=expected) as info:
         load_denoiser(str(path))
     assert info.value.path == str(path)
 
