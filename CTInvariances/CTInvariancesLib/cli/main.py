@@ -76,6 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_denoiser_args(p)
 
+    p = sub.add_parser("sample", help="draw invariance samples: inputs the denoiser maps to the same output")
+    p.add_argument("input")
+    p.add_argument("--denoiser", required=True,
+                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    p.add_argument("--samples", type=int, default=16, help="samples per slice K (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
+    p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
+    p.add_argument("--cvae", help="cVAE run folder or .safetensors (default: bundled)")
+    p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
+    p.add_argument("--prior", action="store_true",
+                   help="sample z from the cVAE prior instead of the cINN (what the decoder alone varies)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (halved on out-of-memory)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: patch / 8)")
+    p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
+    p.add_argument("--no-check", action="store_true", help="skip denoising the samples (fidelity check)")
+    _add_denoiser_args(p)
+    _add_volume_args(p)
+
+    p = sub.add_parser("models", help="manage model files")
+    msub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    m = msub.add_parser("import-published",
+                        help="convert the published ldct-invariances <name>-vae.pt / <name>-cinn.pt "
+                        "(hash-checked) to safetensors")
+    m.add_argument("--dir", required=True, help="folder holding the downloaded .pt files")
+    m.add_argument("--out", help="destination (default: <models>/published/<name>/)")
+    m = msub.add_parser("list", help="list the bundled and imported models with their hashes")
+
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     t = tsub.add_parser("denoiser", help="train cnn10, redcnn, wganvgg or dugan on simulated pairs")
@@ -95,6 +123,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune: start from these weights (.safetensors with card, or a published .pt)")
     t.add_argument("--device", default="auto")
+
+    t = tsub.add_parser("cvae", help="train the conditional VAE (also under torchrun for several processes)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, log, cvae.safetensors)")
+    t.add_argument("--data", nargs="*", default=[], metavar="CT",
+                   help="full-dose CT inputs to simulate low dose from (default: the shared data's "
+                   "training slices)")
+    t.add_argument("--denoiser", action="append", metavar="NAME|FILE",
+                   help="condition on this denoiser's output; repeat for several (default: the four bundled)")
+    t.add_argument("--size", choices=("compact", "paper"), default="compact")
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch-size", type=int, default=16, help="per process")
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--adv-weight", type=float, default=1.0)
+    t.add_argument("--adv-start", type=int, default=500, help="steps before the adversarial term starts")
+    t.add_argument("--l1-weight", type=float, default=0.0011852, help="weight of the summed L1 (paper)")
+    t.add_argument("--kl-weight", type=float, default=0.57504,
+                   help="weight of the summed KL (paper: 0.57504; lower keeps more information in z)")
+    t.add_argument("--dose", type=float, default=0.25)
+    t.add_argument("--realisations", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="stop after this step with a checkpoint (a later run with other settings continues)")
+    t.add_argument("--device", default="auto")
+
+    t = tsub.add_parser("cinn", help="train a cINN for one denoiser on a trained cVAE (torchrun works too)")
+    t.add_argument("--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    t.add_argument("--cvae", required=True, help="cVAE run folder or .safetensors file")
+    t.add_argument("--out", required=True)
+    t.add_argument("--data", nargs="*", default=[], metavar="CT")
+    t.add_argument("--steps", type=int, default=4000)
+    t.add_argument("--batch-size", type=int, default=64, help="per process")
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--dose", type=float, default=0.25)
+    t.add_argument("--realisations", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--arch", help="architecture of a .pt denoiser file whose name does not say it")
+    t.add_argument("--input-convention", choices=("normalized", "hu"))
     return parser
 
 
@@ -275,6 +343,10 @@ def _update_card(den, res) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.what == "cvae":
+        return _train_cvae(args)
+    if args.what == "cinn":
+        return _train_cinn(args)
     from ..training.denoisers import DenoiserTrainer, DenoiserTrainingConfig
 
     cfg = DenoiserTrainingConfig(
@@ -288,8 +360,99 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_cvae(args) -> int:
+    from ..denoisers import DENOISER_NAMES
+    from ..training import distributed
+    from ..training.invariance import CVAETrainer, CVAETrainingConfig
+
+    cfg = CVAETrainingConfig(
+        out=args.out, size=args.size, denoisers=tuple(args.denoiser or DENOISER_NAMES), data=tuple(args.data),
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, adv_weight=args.adv_weight,
+        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=args.kl_weight, dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, device=args.device,
+    )
+    ctx = distributed.setup(args.device)
+    try:
+        path = CVAETrainer(cfg, ctx).run(progress=sys.stderr.isatty(), stop_at=args.stop_at)
+    finally:
+        distributed.teardown(ctx)
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def _train_cinn(args) -> int:
+    from ..training import distributed
+    from ..training.invariance import CINNTrainer, CINNTrainingConfig
+
+    cfg = CINNTrainingConfig(
+        out=args.out, denoiser=args.denoiser, cvae=args.cvae, denoiser_arch=args.arch,
+        denoiser_input_convention=args.input_convention, data=tuple(args.data), steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, dose_fraction=args.dose, realisations=args.realisations,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
+    )
+    ctx = distributed.setup(args.device)
+    try:
+        path = CINNTrainer(cfg, ctx).run(progress=sys.stderr.isatty())
+    finally:
+        distributed.teardown(ctx)
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..invariance.pipeline import sample_volume
+    from ..invariance.sampler import InvarianceSampler
+
+    if args.samples < 1:
+        raise CTInvariancesError(f"--samples {args.samples}: need at least 1")
+    if args.temperature <= 0:
+        raise CTInvariancesError(f"--temperature {args.temperature}: must be positive")
+    out = _check_out(args.out, args.input)
+    vol = _read(args)
+    device = resolve_device(args.device)
+    den = _load_denoiser(args, device)
+    kw = {"skip_air": not args.no_skip_air}
+    if args.overlap is not None:
+        kw["overlap"] = args.overlap
+    sampler = InvarianceSampler.load(den, cvae=args.cvae, cinn=args.cinn, device=device,
+                                     use_cinn=not args.prior, **kw)
+    params = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    with _progress(vol.shape[0], f"sample {den.name}") as bar:
+        metrics = sample_volume(vol, sampler, out, n_samples=args.samples, seed=args.seed,
+                                temperature=args.temperature, batch_size=args.batch_size,
+                                check=not args.no_check, progress=bar.update, parameters=params)
+    msg = f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {metrics['seconds']:.1f} s on {device})"
+    if "fidelity" in metrics:
+        fid = metrics["fidelity"]
+        msg += (f"\n  samples differ from the input by {fid['median_rmse_input_hu']:.1f} HU (median RMSE in "
+                f"the body); the denoised samples differ from f(x) by {fid['median_rmse_output_hu']:.1f} HU "
+                f"(ratio {fid['median_ratio']:.3f})")
+    print(msg)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from ..invariance.models import bundled_dir, import_published
+    from ..weights import models_dir
+
+    if args.what == "import-published":
+        for path in import_published(args.dir, args.out):
+            print(f"wrote {path}")
+        return 0
+    for path in sorted(models_dir().rglob("*.safetensors")):
+        card = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+        rel = path.relative_to(models_dir())
+        print(f"{str(rel):<45} {card.get('kind', 'denoiser'):<9} {card.get('sha256', '?')[:16]}")
+    _ = bundled_dir
+    return 0
+
+
 COMMANDS = {
     "inspect": cmd_inspect,
+    "sample": cmd_sample,
+    "models": cmd_models,
     "simulate-low-dose": cmd_simulate,
     "denoise": cmd_denoise,
     "evaluate": cmd_evaluate,

@@ -101,7 +101,7 @@ def make_pairs(
         "names": np.array(names),
         "i0": np.array(i0s),
     }
-    tmp = path.with_suffix(".partial.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.partial.npz")  # several ranks may write at once
     np.savez(tmp, **out)
     os.replace(tmp, path)
     return out

@@ -1,0 +1,148 @@
+"""The engine's acceptance measurements: invertibility, latent normality, invariance fidelity.
+
+All on patches in normalised units; RMSEs are reported in HU (x 502.185).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..denoisers.loading import Denoiser
+from ..normalization import STD, hu_to_normalized, normalized_to_hu
+from .cinn import ConditionalINN
+from .cvae import ConditionalVAE
+from .sampler import latent_draws
+
+
+@dataclass
+class PatchSet:
+    """Held-out patches: low dose x, f(x) of the whole slice, full dose (all normalised, [N,1,P,P])."""
+
+    x: torch.Tensor
+    fx: torch.Tensor
+    fd: torch.Tensor | None = None
+
+
+def holdout_patches(denoiser: Denoiser, patch: int, n: int, seed: int = 7, dose_fraction: float = 0.25) -> PatchSet:
+    """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices."""
+    from ..evaluation import HOLDOUT_SEED
+    from ..training.data import make_pairs
+
+    pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)
+    fx = denoiser.denoise_slices(pairs["ld"], batch_size=2)
+    return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed)
+
+
+def random_patches(stacks_hu: list[np.ndarray], patch: int, n: int, seed: int) -> PatchSet:
+    """Aligned random patches from slice stacks (x, f(x)[, full dose]) in HU, skipping mostly-air
+    patches (mean of the last stack below -900 HU); returned normalised."""
+    rng = np.random.default_rng(seed)
+    k, h, w = stacks_hu[0].shape
+    picks = []
+    while len(picks) < n:
+        i, r, c = int(rng.integers(k)), int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+        if stacks_hu[-1][i, r:r + patch, c:c + patch].mean() >= -900.0:
+            picks.append((i, r, c))
+    out = [torch.from_numpy(hu_to_normalized(np.stack([s[i, r:r + patch, c:c + patch] for i, r, c in picks])
+                                             .astype(np.float32)))[:, None] for s in stacks_hu]
+    return PatchSet(out[0], out[1], out[2] if len(out) > 2 else None)
+
+
+@torch.inference_mode()
+def invertibility(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, batch: int = 100, seed: int = 0) -> dict:
+    """max |reverse(forward(z)) - z| over encoded latents (posterior samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    errs, vs = [], []
+    for s in range(0, len(ps.x), batch):
+        x, fx = ps.x[s:s + batch], ps.fx[s:s + batch]
+        z = cvae.encode(x, fx).sample(gen)
+        v, _ = cinn(z, fx)
+        errs.append((cinn.reverse(v, fx) - z).abs().max())
+        vs.append(v)
+    v = torch.cat(vs)
+    mean, std = v.mean(0), v.std(0)
+    return {
+        "n_latents": int(len(v)),
+        "max_abs_roundtrip_error": float(torch.stack(errs).max()),
+        "normality": {
+            "mean_abs_max": float(mean.abs().max()),
+            "std_min": float(std.min()),
+            "std_max": float(std.max()),
+            "fraction_dims_mean_within_0.1": float((mean.abs() <= 0.1).float().mean()),
+            "fraction_dims_std_within_0.8_1.2": float(((std >= 0.8) & (std <= 1.2)).float().mean()),
+        },
+    }
+
+
+def _rmse_hu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b) ** 2).mean(dim=(1, 2, 3)).sqrt() * STD
+
+
+@torch.inference_mode()
+def invariance_fidelity(denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN | None, ps: PatchSet,
+                        samples_per_patch: int = 1, batch: int = 50, seed: int = 0,
+                        temperature: float = 1.0) -> dict:
+    """Per patch: RMSE_HU(f(x~), f(x)) / RMSE_HU(x~, x), f applied to the patch; medians.
+
+    With ``cinn=None`` z is drawn from the cVAE prior (the decoder alone).
+    """
+    def f(t):
+        return hu_to_normalized(denoiser(normalized_to_hu(t)))
+
+    ratios, moved, kept = [], [], []
+    for k in range(samples_per_patch):
+        for s in range(0, len(ps.x), batch):
+            x, fxc = ps.x[s:s + batch], ps.fx[s:s + batch]
+            v = latent_draws(len(x), cvae.z_dim, seed, temperature, offset=k * len(ps.x) + s)
+            z = v if cinn is None else cinn.reverse(v, fxc)
+            xt = cvae.decode(z, fxc)
+            fx_patch, fxt = f(x), f(xt)
+            d_in, d_out = _rmse_hu(xt, x), _rmse_hu(fxt, fx_patch)
+            ratios.append(d_out / d_in.clamp(min=1e-6))
+            moved.append(d_in)
+            kept.append(d_out)
+    ratios, moved, kept = torch.cat(ratios), torch.cat(moved), torch.cat(kept)
+    out = {
+        "n_patches": int(len(ps.x)),
+        "samples_per_patch": samples_per_patch,
+        "median_ratio": float(ratios.median()),
+        "median_rmse_input_hu": float(moved.median()),
+        "median_rmse_output_hu": float(kept.median()),
+    }
+    if ps.fd is not None:
+        noise = _rmse_hu(ps.x, ps.fd)
+        out["median_lowdose_noise_hu"] = float(noise.median())
+        out["median_rmse_input_over_noise"] = float((moved / noise.clamp(min=1e-6)).median())
+    return out
+
+
+@torch.inference_mode()
+def reconstruction_error(cvae: ConditionalVAE, ps: PatchSet, batch: int = 100, seed: int = 0) -> dict:
+    """RMSE_HU(D(z, f(x)), x) with z the posterior mean and a posterior sample."""
+    gen = torch.Generator().manual_seed(seed)
+    mean_err, sample_err = [], []
+    for s in range(0, len(ps.x), batch):
+        x, fx = ps.x[s:s + batch], ps.fx[s:s + batch]
+        q = cvae.encode(x, fx)
+        mean_err.append(_rmse_hu(cvae.decode(q.mean, fx), x))
+        sample_err.append(_rmse_hu(cvae.decode(q.sample(gen), fx), x))
+    return {"median_rmse_hu_posterior_mean": float(torch.cat(mean_err).median()),
+            "median_rmse_hu_posterior_sample": float(torch.cat(sample_err).median())}
+
+
+def engine_metrics(denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN, n_latents: int = 1000,
+                   n_fidelity: int = 200, seed: int = 0) -> dict:
+    """Section-4 numbers on held-out data for one denoiser."""
+    ps = holdout_patches(denoiser, cvae.patch, n_latents, seed=7)
+    small = PatchSet(ps.x[:n_fidelity], ps.fx[:n_fidelity], None if ps.fd is None else ps.fd[:n_fidelity])
+    return {
+        "data": f"held-out slices (abdomen k 14-19, head k 20-27), 25 % dose, {n_latents} body patches",
+        "invertibility_and_normality": invertibility(cvae, cinn, ps, seed=seed),
+        "fidelity_cinn": invariance_fidelity(denoiser, cvae, cinn, small, seed=seed),
+        "fidelity_prior": invariance_fidelity(denoiser, cvae, None, small, seed=seed),
+        "reconstruction": reconstruction_error(cvae, small, seed=seed),
+    }
+

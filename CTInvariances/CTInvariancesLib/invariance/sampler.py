@@ -1,0 +1,193 @@
+"""Sampling invariances: inputs x~ that a denoiser maps (nearly) to the same output as x.
+
+For a slice x (HU): f(x) is computed on the whole slice; the slice is covered by overlapping tiles
+of the models' patch size; in each tile, v ~ N(0, T^2 I) -> z~ = t^-1(v | f(x)_tile) ->
+x~_tile = D(z~, f(x)_tile); tiles are blended with a raised-cosine window over their overlap.
+Sample k uses the same v in every tile and every slice (drawn from ``(seed, k)``), so a sample is
+one coherent draw and results do not depend on which slices are processed together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..denoisers.loading import Denoiser, load_denoiser
+from ..normalization import MEAN, STD, hu_to_normalized
+from .cinn import ConditionalINN
+from .cvae import ConditionalVAE
+from .models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path
+
+AIR_HU = -900.0  # tiles whose f(x) stays below this everywhere are air: left as they are
+
+
+@dataclass
+class SliceSamples:
+    samples: np.ndarray  # [K, H, W] HU
+    denoised: np.ndarray  # f(x), [H, W] HU
+    sampled_mask: np.ndarray  # [H, W] bool: pixels covered by sampled (non-air) tiles
+
+
+def latent_draws(n: int, z_dim: int, seed: int, temperature: float = 1.0, offset: int = 0) -> torch.Tensor:
+    """v for samples offset..offset+n-1: sample k always gets the same draw for a given seed."""
+    out = torch.empty(n, z_dim)
+    for i in range(n):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + offset + i)
+        out[i] = torch.randn(z_dim, generator=gen)
+    return out * float(temperature)
+
+
+def tile_starts(length: int, patch: int, overlap: int) -> list[int]:
+    if length <= patch:
+        return [0]
+    stride = patch - overlap
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def _ramp(patch: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    w = np.ones(patch, dtype=np.float64)
+    if overlap > 0:
+        r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)  # rises 0 -> 1
+        if not first:
+            w[:overlap] = r
+        if not last:
+            w[-overlap:] = r[::-1]
+    return w
+
+
+class InvarianceSampler:
+    """Draw invariance samples of CT slices for one denoiser.
+
+    ``cinn=None`` samples z from the cVAE prior instead (what the decoder alone can vary: the
+    comparison that shows what the cINN adds).
+    """
+
+    def __init__(self, denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN | None,
+                 device: str | torch.device = "cpu", overlap: int | None = None, skip_air: bool = True,
+                 amp: bool | None = None) -> None:
+        self.device = torch.device(device)
+        self.denoiser = denoiser.to(self.device)
+        self.cvae = cvae.to(self.device).eval()
+        self.cinn = None if cinn is None else cinn.to(self.device).eval()
+        self.patch = cvae.patch
+        self.overlap = self.patch // 8 if overlap is None else int(overlap)
+        if not 0 <= self.overlap < self.patch:
+            raise ValueError(f"overlap must be in [0, {self.patch - 1}]")
+        self.skip_air = skip_air
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+        self.cards: dict = {}
+
+    @classmethod
+    def load(cls, denoiser: str | Denoiser, cvae: str | None = None, cinn: str | None = None,
+             device: str | torch.device = "cpu", use_cinn: bool = True, **kw) -> InvarianceSampler:
+        """Bundled models by default: ``InvarianceSampler.load("cnn10")``."""
+        den = denoiser if isinstance(denoiser, Denoiser) else load_denoiser(denoiser, device=device)
+        cvae_path = resolve_cvae_path(cvae)
+        vae, vae_card = load_cvae(cvae_path, device)
+        inn, inn_card = None, None
+        if use_cinn:
+            inn, inn_card = load_cinn(resolve_cinn_path(cinn, den.name, cvae_path), device)
+            _check_cinn_matches(inn_card, den, vae_card)
+        sampler = cls(den, vae, inn, device, **kw)
+        sampler.cards = {"cvae": vae_card, "cinn": inn_card}
+        return sampler
+
+    # --- one slice ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, x_hu, n_samples: int, temperature: float = 1.0, seed: int = 0,
+               batch_size: int = 64, denoised_hu: np.ndarray | None = None) -> SliceSamples:
+        """K samples of one slice ``x_hu`` [H, W] (HU). Returns samples and f(x) in HU."""
+        x = np.asarray(x_hu.detach().cpu() if torch.is_tensor(x_hu) else x_hu, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"expected one 2-D slice, got shape {x.shape}")
+        if n_samples < 1:
+            raise ValueError("n_samples must be at least 1")
+        if denoised_hu is None:
+            denoised_hu = self.denoiser.denoise_slices(x[None], batch_size=1)[0]
+        fx = np.asarray(denoised_hu, dtype=np.float32)
+        h, w = x.shape
+        p = self.patch
+        # slices smaller than a patch: pad with air (removed again at the end)
+        ph, pw = max(h, p), max(w, p)
+        xp = np.full((ph, pw), -1000.0, np.float32)
+        fp = np.full((ph, pw), -1000.0, np.float32)
+        xp[:h, :w], fp[:h, :w] = x, fx
+        rows, cols = tile_starts(ph, p, self.overlap), tile_starts(pw, p, self.overlap)
+        tiles = [(r, c) for r in rows for c in cols]
+        active = [t for t in tiles if not self.skip_air or fp[t[0]:t[0] + p, t[1]:t[1] + p].max() > AIR_HU]
+        acc = np.zeros((n_samples, ph, pw), np.float64)
+        wsum = np.zeros((ph, pw), np.float64)
+        mask = np.zeros((ph, pw), bool)
+        v = latent_draws(n_samples, self.cvae.z_dim, seed, temperature).to(self.device)
+        fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)
+        wt_cache = {}
+        active_set = set(active)
+        for r, c in tiles:
+            wt_cache[(r, c)] = np.outer(_ramp(p, self.overlap, r == 0, r == rows[-1]),
+                                        _ramp(p, self.overlap, c == 0, c == cols[-1]))
+            wsum[r:r + p, c:c + p] += wt_cache[(r, c)]
+            if (r, c) not in active_set:
+                acc[:, r:r + p, c:c + p] += wt_cache[(r, c)] * xp[r:r + p, c:c + p]
+        jobs = [(t, k) for t in active for k in range(n_samples)]
+        start = 0
+        while start < len(jobs):
+            chunk = jobs[start:start + batch_size]
+            try:
+                out = self._decode_jobs(chunk, fx_t, v)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)  # back off instead of failing
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            for ((r, c), k), tile in zip(chunk, out):
+                acc[k, r:r + p, c:c + p] += wt_cache[(r, c)] * tile
+                mask[r:r + p, c:c + p] = True
+            start += len(chunk)
+        samples = (acc / wsum).astype(np.float32)[:, :h, :w]
+        self.last_batch_size = batch_size
+        return SliceSamples(samples=samples, denoised=fx, sampled_mask=mask[:h, :w])
+
+    def _decode_jobs(self, jobs, fx_t: torch.Tensor, v: torch.Tensor) -> np.ndarray:
+        p = self.patch
+        cond = torch.stack([fx_t[r:r + p, c:c + p] for (r, c), _ in jobs])[:, None]
+        vv = v[[k for _, k in jobs]]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            z = vv if self.cinn is None else self.cinn.reverse(vv, cond)
+            xt = self.cvae.decode(z, cond)
+        return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
+
+    # --- patches (metrics, tests) ------------------------------------------------------------
+    @torch.inference_mode()
+    def sample_patches(self, x_norm: torch.Tensor, fx_norm: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Decode one sample per patch (normalised units in and out): x~ = D(t^-1(v | f(x)), f(x))."""
+        x_norm = x_norm.to(self.device)
+        fx_norm = fx_norm.to(self.device)
+        z = v.to(self.device) if self.cinn is None else self.cinn.reverse(v.to(self.device), fx_norm)
+        return self.cvae.decode(z, fx_norm)
+
+
+def _check_cinn_matches(cinn_card: dict, den: Denoiser, cvae_card: dict) -> None:
+    from ..errors import WeightsError
+
+    want = (cinn_card.get("cvae") or {}).get("sha256")
+    if want and cvae_card.get("sha256") and want != cvae_card["sha256"]:
+        raise WeightsError("this cINN was trained on a different cVAE (hash differs from the cVAE's)",
+                           Path(cinn_card.get("file", "cINN")))
+    d = cinn_card.get("denoiser") or {}
+    if d.get("sha256") and den.sha256 and d["sha256"] != den.sha256:
+        raise WeightsError(f"this cINN was trained for a different {d.get('name')} denoiser "
+                           "(its hash differs from the loaded denoiser's)", Path(cinn_card.get("file", "cINN")))
+
+
+def std_map(samples: np.ndarray) -> np.ndarray:
+    """Pixel-wise standard deviation over samples (HU)."""
+    return samples.std(axis=0, dtype=np.float64).astype(np.float32)
+

@@ -1,0 +1,542 @@
+"""Training the invariance engine: the conditional VAE, then one cINN per denoiser (resumable,
+single process or data-parallel under torchrun).
+
+Data: low-dose patches x simulated from real full-dose CT (the denoisers' training slices, same
+held-out slices), with conditions f(x) computed by the denoiser on the whole slice and cropped with
+x, exactly as sampling does. A cVAE may be conditioned on several denoisers: each training patch
+takes the output of one of them, so one cVAE serves them all (the paper trains one per denoiser).
+
+cVAE loss (the paper's): l1_weight * sum|x^ - x| + kl_weight * KL (both summed per sample, mean over
+the batch) + adv_weight * WGAN-GP loss of a critic that sees [image, f(x)]. The paper's VGG-16
+perceptual term is left out: no ImageNet weights are available offline.
+cINN loss: negative log-likelihood of v = t(z | f(x)) under N(0, I) with z a posterior sample
+(not the mean), per latent dimension; the cVAE is frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..denoisers import DENOISER_NAMES
+from ..denoisers.loading import Denoiser, load_denoiser
+from ..errors import CTInvariancesError
+from ..invariance.cinn import CINNConfig, ConditionalINN
+from ..invariance.cvae import ConditionalVAE, CVAEConfig
+from ..invariance.models import cinn_config_for, load_cvae, save_cinn, save_cvae
+from ..normalization import hu_to_normalized
+from . import distributed as ddp
+from .data import PatchSampler, cache_dir, make_pairs
+
+
+def model_configs(size: str) -> tuple[CVAEConfig, CINNConfig]:
+    if size == "paper":
+        return CVAEConfig.paper(), CINNConfig.paper()
+    if size == "compact":
+        return CVAEConfig.compact(), CINNConfig.compact()
+    raise ValueError(f"unknown model size {size!r} (paper or compact)")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: int, seed: int) -> dict:
+    """Low-dose training slices (HU). ``data`` empty: the shared data's training split; else CT
+    volumes (any readable input) taken as full dose, all of their slices used."""
+    if not data:
+        return make_pairs("train", dose_fraction, realisations, seed)
+    from ..io import read_volume
+    from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+
+    ld, names = [], []
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
+    for path in data:
+        vol = read_volume(path)
+        pixel_mm = (vol.spacing[1], vol.spacing[0])
+        if vol.array.shape[1] < 64 or vol.array.shape[2] < 64:
+            raise CTInvariancesError("slices smaller than 64x64 pixels cannot be used for training", path)
+        for k, full in enumerate(vol.array):
+            i0 = sim.estimate_i0(full, pixel_mm)
+            sim_k = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0))
+            for r in range(realisations):
+                ld.append(sim_k.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))[0])
+                names.append(f"{Path(path).name}[{k}]#{r}")
+    return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names)}
+
+
+def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
+    """f(x) for every slice, cached by the denoiser's hash and the data."""
+    key = hashlib.sha256((str(den.sha256 or den.source) + tag).encode()).hexdigest()[:16]
+    path = cache_dir() / f"fx-{den.name}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    out = den.denoise_slices(ld_hu, batch_size=2)
+    tmp = path.with_suffix(f".{os.getpid()}.partial.npy")  # several ranks may write at once
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
+def conditioned_sampler(ld_hu: np.ndarray, fx_hu: list[np.ndarray], patch: int, seed: int) -> PatchSampler:
+    """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser."""
+    ld = np.concatenate([ld_hu] * len(fx_hu))
+    fx = np.concatenate(fx_hu)
+    return PatchSampler(ld, fx, patch, seed=seed)
+
+
+def _data_tag(names: np.ndarray) -> str:
+    return hashlib.sha256("|".join(map(str, names)).encode()).hexdigest()
+
+
+# --- critic ----------------------------------------------------------------------------------
+
+
+class ConditionalCritic(nn.Module):
+    """WGAN critic on [image, f(x)]: strided conv4x4 + InstanceNorm + LeakyReLU, then linear."""
+
+    def __init__(self, patch: int, width: int = 32, in_ch: int = 2, max_width: int = 256) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, n = in_ch, patch
+        for i in range(int(np.log2(patch)) - 2):
+            w = min(width * 2**i, max_width)
+            layers += [nn.Conv2d(c, w, 4, 2, 1)]
+            if i > 0:
+                layers += [nn.InstanceNorm2d(w, affine=True)]
+            layers += [nn.LeakyReLU(0.2)]
+            c, n = w, n // 2
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(c * n * n, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.net(x).flatten(1))
+
+
+# --- shared loop pieces ----------------------------------------------------------------------
+
+
+def _scalars(**values) -> dict[str, float]:
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in values.items()}
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _state_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Loop:
+    """Checkpointed step loop with a progress bar and a JSON-lines log (rank 0 writes)."""
+
+    def __init__(self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool,
+                 checkpoint_every: int) -> None:
+        self.out, self.ctx, self.total, self.every = out, ctx, total, checkpoint_every
+        self.log_path = out / "log.jsonl"
+        self.running: dict[str, float] = {}
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=not (progress and ctx.is_main), dynamic_ncols=True)
+
+    def update(self, step: int, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.running[k] = 0.98 * self.running.get(k, v) + 0.02 * v
+        self.bar.n = step
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in self.running.items()}, refresh=False)
+        self.bar.refresh()
+
+    def due(self, step: int, end: int) -> bool:
+        return step % self.every == 0 or step == end
+
+    def log(self, step: int, elapsed: float) -> None:
+        running = ddp.mean_scalars(self.running, self.ctx)
+        if self.ctx.is_main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"step": step, "elapsed_s": round(elapsed, 1),
+                                    **{k: round(v, 6) for k, v in running.items()}}) + "\n")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --- cVAE ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CVAETrainingConfig:
+    out: str
+    size: str = "compact"
+    denoisers: tuple[str, ...] = DENOISER_NAMES
+    data: tuple[str, ...] = ()
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 1e-4  # the paper: 1e-5 at batch 64 for 75k iterations on GPUs
+    critic_lr_factor: float = 4.0
+    betas: tuple[float, float] = (0.5, 0.999)
+    l1_weight: float = 0.0011852
+    kl_weight: float = 0.57504
+    adv_weight: float = 1.0
+    adv_start: int = 500  # steps of autoencoding before the adversarial term switches on
+    gp_weight: float = 10.0
+    critic_width: int = 32
+    dose_fraction: float = 0.25
+    realisations: int = 2
+    seed: int = 0
+    checkpoint_every: int = 200
+    device: str = "auto"
+    model_config: CVAEConfig | None = None  # overrides ``size`` (custom sizes, tests)
+
+
+class CVAETrainer:
+    """``source``: an object with ``batch(n) -> (x, f(x))`` (normalised, [n, 1, P, P]) and
+    ``state()`` / ``set_state()``, replacing the CT data (synthetic data in tests)."""
+
+    def __init__(self, cfg: CVAETrainingConfig, ctx: ddp.DistContext | None = None, source=None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or ddp.setup(cfg.device)
+        self.device = self.ctx.device
+        self.source = source
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model_cfg = cfg.model_config or model_configs(cfg.size)[0]
+        self.model = ConditionalVAE(self.model_cfg).to(self.device)
+        self.critic = ConditionalCritic(self.model_cfg.patch, cfg.critic_width).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr * cfg.critic_lr_factor, betas=cfg.betas)
+        self.step = 0
+        self.elapsed = 0.0
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.denoisers: list[Denoiser] = []
+        self.ddp_model: nn.Module = self.model
+        self.history: list[dict] = []  # one entry per invocation of run(): steps and loss weights
+
+    def _ckpt(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _prepare_data(self) -> PatchSampler:
+        cfg = self.cfg
+        if self.source is not None:
+            self.n_slices = 0
+            return self.source
+        slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
+        tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
+        self.denoisers = [load_denoiser(d, device=self.device) for d in cfg.denoisers]
+        fx = [denoise_cached(d, slices["ld"], tag) for d in self.denoisers]
+        self.n_slices = len(slices["ld"])
+        # every rank draws different patches
+        return conditioned_sampler(slices["ld"], fx, self.model_cfg.patch, cfg.seed + 7919 * self.ctx.rank)
+
+    def save_checkpoint(self, sampler: PatchSampler) -> None:
+        if not self.ctx.is_main:
+            return
+        _atomic_save({
+            "step": self.step, "elapsed": self.elapsed,
+            "model": self.model.state_dict(), "critic": self.critic.state_dict(),
+            "opt": self.opt.state_dict(), "copt": self.copt.state_dict(),
+            "sampler": json.dumps(sampler.state()), "torch_rng": torch.get_rng_state(),
+            "config": json.dumps(asdict(self.cfg)),
+            "history": json.dumps(self.history + [self._stage()]),
+        }, self._ckpt())
+
+    def try_resume(self, sampler: PatchSampler) -> bool:
+        if not self._ckpt().exists():
+            return False
+        state = torch.load(self._ckpt(), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt.load_state_dict(state["opt"])
+        self.copt.load_state_dict(state["copt"])
+        if self.ctx.is_main:  # other ranks keep their own patch streams
+            sampler.set_state(json.loads(state["sampler"]))
+            torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        if "history" in state:
+            self.history = json.loads(state["history"])
+        else:  # checkpoints written before the history was kept: one stage, its stored config
+            old = json.loads(state["config"])
+            self.history = [dict(_stage_of(old), from_step=0, to_step=self.step)]
+        return True
+
+    def _stage(self) -> dict:
+        return dict(_stage_of(asdict(self.cfg)), from_step=self._stage_start, to_step=self.step)
+
+    def _batch(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        x, fx = sampler.batch(self.cfg.batch_size)
+        return x.to(self.device), fx.to(self.device)
+
+    def _critic_step(self, x, fx) -> dict[str, float]:
+        with torch.no_grad():
+            _, fake, _ = self.ddp_model(x, fx)
+        real_in, fake_in = torch.cat([x, fx], 1), torch.cat([fake, fx], 1)
+        d_loss = self.critic(fake_in).mean() - self.critic(real_in).mean()
+        a = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
+        interp = (a * real_in + (1 - a) * fake_in).requires_grad_(True)
+        grads = torch.autograd.grad(self.critic(interp).sum(), interp, create_graph=True)[0]
+        gp = self.cfg.gp_weight * ((grads.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        self.copt.zero_grad(set_to_none=True)
+        (d_loss + gp).backward()
+        ddp.all_reduce_gradients(self.critic, self.ctx)
+        self.copt.step()
+        return _scalars(critic=d_loss, gp=gp)
+
+    def _train_step(self, x, fx) -> dict[str, float]:
+        cfg = self.cfg
+        adversarial = cfg.adv_weight > 0 and self.step >= cfg.adv_start
+        out = self._critic_step(x, fx) if adversarial else {}
+        kl, rec, _ = self.ddp_model(x, fx)
+        l1 = (rec - x).abs().sum(dim=(1, 2, 3)).mean()
+        loss = cfg.l1_weight * l1 + cfg.kl_weight * kl.mean()
+        if adversarial:
+            adv = -self.critic(torch.cat([rec, fx], 1)).mean()
+            loss = loss + cfg.adv_weight * adv
+            out["adv"] = float(adv.detach())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        # mean |error| in HU (normalised units x 502.185)
+        out.update(_scalars(loss=loss, kl=kl.mean(), l1_hu=(rec - x).abs().mean() * 502.185))
+        return out
+
+    @torch.no_grad()
+    def _initialise(self, sampler: PatchSampler) -> None:
+        """Data-dependent ActNorm initialisation on rank 0's first batch, then the same weights on
+        every rank (DistributedDataParallel also broadcasts at construction)."""
+        x, fx = self._batch(sampler)
+        self.model.train()
+        self.model(x, fx)
+        ddp.broadcast_module(self.model, self.ctx)
+        ddp.broadcast_module(self.critic, self.ctx)
+
+    def run(self, progress: bool = True, stop_at: int | None = None) -> Path | None:
+        cfg = self.cfg
+        sampler = self._prepare_data()
+        if not self.try_resume(sampler):
+            self._initialise(sampler)
+        self._stage_start = self.step
+        if self.ctx.enabled:
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        loop = _Loop(self.out, self.ctx, cfg.steps, f"train cvae ({cfg.size})", progress, cfg.checkpoint_every)
+        loop.bar.n = self.step
+        self.model.train()
+        self.critic.train()
+        t0, base = time.perf_counter(), self.elapsed
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while self.step < end:
+            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            x, fx = self._batch(sampler)
+            losses = self._train_step(x, fx)
+            self.step += 1
+            loop.update(self.step, losses)
+            if loop.due(self.step, end):
+                self.elapsed = base + time.perf_counter() - t0
+                loop.log(self.step, self.elapsed)
+                self.save_checkpoint(sampler)
+        loop.close()
+        ddp.broadcast_buffers(self.model, self.ctx)
+        if self.ctx.enabled:
+            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
+        if self.step < cfg.steps or not self.ctx.is_main:
+            return None
+        return self.export()
+
+    def export(self) -> Path:
+        cfg = self.cfg
+        self.model.eval()
+        training = {
+            "data": _data_description(cfg.data, self.source),
+            "n_training_slices": self.n_slices,
+            "dose_fraction": cfg.dose_fraction,
+            "conditions": [d.describe() for d in self.denoisers],
+            "steps": self.step,
+            "batch_size": cfg.batch_size,
+            "world_size": self.ctx.world_size,
+            "lr": cfg.lr,
+            "loss": {"l1_weight": cfg.l1_weight, "kl_weight": cfg.kl_weight, "adv_weight": cfg.adv_weight,
+                     "adv_start": cfg.adv_start, "gp_weight": cfg.gp_weight, "perceptual": None},
+            "seed": cfg.seed,
+            "stages": [h for h in self.history + [self._stage()] if h["to_step"] > h["from_step"]],
+            "train_time_s": round(self.elapsed, 1),
+            "hardware": str(self.device),
+        }
+        return save_cvae(self.model, self.out / "cvae.safetensors", training)
+
+
+def _stage_of(cfg: dict) -> dict:
+    keys = ("lr", "l1_weight", "kl_weight", "adv_weight", "adv_start", "batch_size")
+    return {k: cfg.get(k) for k in keys}
+
+
+def _data_description(data: tuple[str, ...], source) -> str | list:
+    if source is not None:
+        return getattr(source, "description", type(source).__name__)
+    if data:
+        return list(data)
+    return ("real full-dose CT from ../shared/data (abdomen-siemens-20 k 0-13, head-ge-28 k 0-19); "
+            "low dose simulated by projection-domain noise insertion")
+
+
+# --- cINN ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CINNTrainingConfig:
+    out: str
+    denoiser: str
+    cvae: str
+    denoiser_arch: str | None = None
+    denoiser_input_convention: str | None = None
+    data: tuple[str, ...] = ()
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4  # the paper: 1e-5 at batch 128 for 47k iterations
+    dose_fraction: float = 0.25
+    realisations: int = 2
+    seed: int = 0
+    checkpoint_every: int = 200
+    device: str = "auto"
+    model_config: CINNConfig | None = None  # default: the layout that goes with the cVAE
+
+
+class CINNTrainer:
+    """``denoiser`` may be a loaded :class:`Denoiser` instead of ``cfg.denoiser``; ``source`` as
+    for :class:`CVAETrainer`."""
+
+    def __init__(self, cfg: CINNTrainingConfig, ctx: ddp.DistContext | None = None, source=None,
+                 denoiser: Denoiser | None = None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.ctx = ctx or ddp.setup(cfg.device)
+        self.device = self.ctx.device
+        torch.manual_seed(cfg.seed)
+        self.cvae, self.cvae_card = load_cvae(cfg.cvae, device=self.device)
+        self.cvae.eval().requires_grad_(False)
+        cinn_cfg = cfg.model_config or cinn_config_for(self.cvae.cfg)
+        if cinn_cfg.z_dim != self.cvae.z_dim or cinn_cfg.cond_size != self.cvae.patch:
+            raise CTInvariancesError("the cINN configuration does not fit this cVAE (z_dim / patch)", cfg.cvae)
+        self.model = ConditionalINN(cinn_cfg, seed=cfg.seed).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.step, self.elapsed = 0, 0.0
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.denoiser = denoiser or load_denoiser(cfg.denoiser, device=self.device, arch=cfg.denoiser_arch,
+                                                  input_convention=cfg.denoiser_input_convention)
+        self.ddp_model: nn.Module = self.model
+
+    def _ckpt(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _prepare_data(self) -> PatchSampler:
+        cfg = self.cfg
+        if self.source is not None:
+            self.n_slices = 0
+            return self.source
+        slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
+        tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
+        fx = denoise_cached(self.denoiser, slices["ld"], tag)
+        self.n_slices = len(slices["ld"])
+        return conditioned_sampler(slices["ld"], [fx], self.cvae.patch, cfg.seed + 7919 * self.ctx.rank)
+
+    @torch.no_grad()
+    def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        x, fx = sampler.batch(self.cfg.batch_size)
+        x, fx = x.to(self.device), fx.to(self.device)
+        return self.cvae.encode(x, fx).sample(), fx
+
+    def save_checkpoint(self, sampler: PatchSampler) -> None:
+        if self.ctx.is_main:
+            _atomic_save({"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
+                          "opt": self.opt.state_dict(), "sampler": json.dumps(sampler.state()),
+                          "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg))},
+                         self._ckpt())
+
+    def try_resume(self, sampler: PatchSampler) -> bool:
+        if not self._ckpt().exists():
+            return False
+        state = torch.load(self._ckpt(), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        if self.ctx.is_main:
+            sampler.set_state(json.loads(state["sampler"]))
+            torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        return True
+
+    def run(self, progress: bool = True, stop_at: int | None = None) -> Path | None:
+        cfg = self.cfg
+        sampler = self._prepare_data()
+        if not self.try_resume(sampler):
+            z, fx = self._latents(sampler)
+            self.model.train()
+            with torch.no_grad():
+                self.model(z, fx)  # data-dependent ActNorm initialisation
+            ddp.broadcast_module(self.model, self.ctx)
+        if self.ctx.enabled:
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        loop = _Loop(self.out, self.ctx, cfg.steps, f"train cinn ({self.denoiser.name})", progress,
+                     cfg.checkpoint_every)
+        loop.bar.n = self.step
+        self.model.train()
+        t0, base = time.perf_counter(), self.elapsed
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while self.step < end:
+            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            z, fx = self._latents(sampler)
+            v, logdet = self.ddp_model(z, fx)
+            nll = 0.5 * (v**2).mean() - logdet.mean() / v.shape[1]
+            self.opt.zero_grad(set_to_none=True)
+            nll.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.opt.step()
+            self.step += 1
+            loop.update(self.step, _scalars(nll=nll, v_std=v.detach().std()))
+            if loop.due(self.step, end):
+                self.elapsed = base + time.perf_counter() - t0
+                loop.log(self.step, self.elapsed)
+                self.save_checkpoint(sampler)
+        loop.close()
+        ddp.broadcast_buffers(self.model, self.ctx)
+        if self.ctx.enabled:
+            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
+        if self.step < cfg.steps or not self.ctx.is_main:
+            return None
+        self.model.eval()
+        training = {
+            "data": "as the cVAE" if not (cfg.data or self.source) else _data_description(cfg.data, self.source),
+            "n_training_slices": self.n_slices,
+            "dose_fraction": cfg.dose_fraction,
+            "steps": self.step,
+            "batch_size": cfg.batch_size,
+            "world_size": self.ctx.world_size,
+            "lr": cfg.lr,
+            "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det",
+            "seed": cfg.seed,
+            "train_time_s": round(self.elapsed, 1),
+            "hardware": str(self.device),
+        }
+        return save_cinn(self.model, self.out / f"cinn-{self.denoiser.name}.safetensors",
+                         self.denoiser, self.cvae_card, training)
