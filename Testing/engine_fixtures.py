@@ -8,10 +8,20 @@ import torch
 from CTInvariancesLib.invariance.cinn import CINNConfig
 from CTInvariancesLib.invariance.cvae import CVAEConfig
 
-TINY_CVAE = CVAEConfig(patch=32, z_dim=32, encoder_width=8, encoder_blocks=(1, 1), decoder_chn=8, z_chunk=4,
-                       class_dim=32, class_emb=8, name="tiny")
-TINY_CINN = CINNConfig(z_dim=32, hidden=64, hidden_depth=1, n_flows=4, cond_size=32, n_down=3,
-                       embedder_width=8, name="tiny")
+TINY_CVAE = CVAEConfig(
+    patch=32,
+    z_dim=32,
+    encoder_width=8,
+    encoder_blocks=(1, 1),
+    decoder_chn=8,
+    z_chunk=4,
+    class_dim=32,
+    class_emb=8,
+    name="tiny",
+)
+TINY_CINN = CINNConfig(
+    z_dim=32, hidden=64, hidden_depth=1, n_flows=4, cond_size=32, n_down=3, embedder_width=8, name="tiny"
+)
 REGION = (slice(10, 22), slice(10, 22))  # what the planted denoiser ignores
 
 

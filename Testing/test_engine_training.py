@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_fixtures import REGION, TINY_CINN, TINY_CVAE, SyntheticSource, blobs, identity, ignore_region
 
 from CTInvariancesLib.denoisers.loading import Denoiser
 from CTInvariancesLib.invariance.models import load_cinn, load_cvae
@@ -21,20 +22,44 @@ from CTInvariancesLib.training.invariance import (
     CVAETrainer,
     CVAETrainingConfig,
 )
-from engine_fixtures import REGION, TINY_CINN, TINY_CVAE, SyntheticSource, blobs, identity, ignore_region
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = distributed.DistContext()
 
 
 def _train_engine(tmp: Path, f, name: str) -> tuple:
-    CVAETrainer(CVAETrainingConfig(out=str(tmp / "cvae"), model_config=TINY_CVAE, steps=600, batch_size=32,
-                                   lr=2e-3, l1_weight=1.0, kl_weight=0.1, adv_weight=0.0, device="cpu",
-                                   checkpoint_every=1000), SINGLE, source=SyntheticSource(f, 0)).run(progress=False)
-    CINNTrainer(CINNTrainingConfig(out=str(tmp / "cinn"), denoiser=name, cvae=str(tmp / "cvae"),
-                                   model_config=TINY_CINN, steps=300, batch_size=64, lr=1e-3, device="cpu",
-                                   checkpoint_every=1000), SINGLE, source=SyntheticSource(f, 1),
-                denoiser=Denoiser(f, name)).run(progress=False)
+    CVAETrainer(
+        CVAETrainingConfig(
+            out=str(tmp / "cvae"),
+            model_config=TINY_CVAE,
+            steps=600,
+            batch_size=32,
+            lr=2e-3,
+            l1_weight=1.0,
+            kl_weight=0.1,
+            adv_weight=0.0,
+            device="cpu",
+            checkpoint_every=1000,
+        ),
+        SINGLE,
+        source=SyntheticSource(f, 0),
+    ).run(progress=False)
+    CINNTrainer(
+        CINNTrainingConfig(
+            out=str(tmp / "cinn"),
+            denoiser=name,
+            cvae=str(tmp / "cvae"),
+            model_config=TINY_CINN,
+            steps=300,
+            batch_size=64,
+            lr=1e-3,
+            device="cpu",
+            checkpoint_every=1000,
+        ),
+        SINGLE,
+        source=SyntheticSource(f, 1),
+        denoiser=Denoiser(f, name),
+    ).run(progress=False)
     vae, _ = load_cvae(tmp / "cvae")
     inn, card = load_cinn(tmp / "cinn" / f"cinn-{name}.safetensors")
     assert card["denoiser"]["name"] == name
@@ -71,16 +96,29 @@ def test_planted_region_that_the_denoiser_ignores_is_where_samples_vary(tmp_path
 def test_identity_denoiser_leaves_nothing_to_vary(tmp_path, torch_threads):
     vae, inn = _train_engine(tmp_path, identity, "identity")
     std, rec_err = _sample_std_and_reconstruction(vae, inn, identity)
-    assert float(std.mean()) <= rec_err, f"sample std {float(std.mean()):.4f} > reconstruction error {rec_err:.4f}"
+    assert float(std.mean()) <= rec_err, (
+        f"sample std {float(std.mean()):.4f} > reconstruction error {rec_err:.4f}"
+    )
 
 
 def test_cvae_training_resumes_exactly(tmp_path, torch_threads):
     def cfg(out):
-        return CVAETrainingConfig(out=str(out), model_config=TINY_CVAE, steps=6, batch_size=4, lr=1e-3,
-                                  adv_weight=0.1, adv_start=2, device="cpu", checkpoint_every=3)
+        return CVAETrainingConfig(
+            out=str(out),
+            model_config=TINY_CVAE,
+            steps=6,
+            batch_size=4,
+            lr=1e-3,
+            adv_weight=0.1,
+            adv_start=2,
+            device="cpu",
+            checkpoint_every=3,
+        )
 
     CVAETrainer(cfg(tmp_path / "a"), SINGLE, source=SyntheticSource(identity, 0)).run(progress=False)
-    CVAETrainer(cfg(tmp_path / "b"), SINGLE, source=SyntheticSource(identity, 0)).run(progress=False, stop_at=3)
+    CVAETrainer(cfg(tmp_path / "b"), SINGLE, source=SyntheticSource(identity, 0)).run(
+        progress=False, stop_at=3
+    )
     assert not (tmp_path / "b" / "cvae.safetensors").exists()
     CVAETrainer(cfg(tmp_path / "b"), SINGLE, source=SyntheticSource(identity, 0)).run(progress=False)
     a, _ = load_cvae(tmp_path / "a")
@@ -100,18 +138,58 @@ def _torchrun(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProc
 
 
 def test_two_process_data_parallel_training_ends_with_identical_weights(tmp_path, ct_small):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "CTInvariances"),
-               CTINVARIANCES_CACHE=str(tmp_path / "cache"))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT / "CTInvariances"),
+        CTINVARIANCES_CACHE=str(tmp_path / "cache"),
+    )
     common = ["--data", str(ct_small), "--device", "cpu", "--realisations", "1"]
-    res = _torchrun(["train", "cvae", "--out", str(tmp_path / "cvae"), "--denoiser", "cnn10", "--steps", "4",
-                     "--adv-start", "2", "--batch-size", "4", "--checkpoint-every", "2", *common], tmp_path, env)
+    res = _torchrun(
+        [
+            "train",
+            "cvae",
+            "--out",
+            str(tmp_path / "cvae"),
+            "--denoiser",
+            "cnn10",
+            "--steps",
+            "4",
+            "--adv-start",
+            "2",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "2",
+            *common,
+        ],
+        tmp_path,
+        env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     digests = [(tmp_path / "cvae" / f"rank{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
     vae, card = load_cvae(tmp_path / "cvae")
     assert card["training"]["world_size"] == 2
-    res = _torchrun(["train", "cinn", "--denoiser", "cnn10", "--cvae", str(tmp_path / "cvae"), "--out",
-                     str(tmp_path / "cinn"), "--steps", "3", "--batch-size", "8", *common], tmp_path, env)
+    res = _torchrun(
+        [
+            "train",
+            "cinn",
+            "--denoiser",
+            "cnn10",
+            "--cvae",
+            str(tmp_path / "cvae"),
+            "--out",
+            str(tmp_path / "cinn"),
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            *common,
+        ],
+        tmp_path,
+        env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     digests = [(tmp_path / "cinn" / f"rank{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]

@@ -22,10 +22,20 @@ from CTInvariancesLib.invariance.models import (
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
-TINY_CVAE = CVAEConfig(patch=32, z_dim=32, encoder_width=8, encoder_blocks=(1, 1), decoder_chn=8, z_chunk=4,
-                       class_dim=32, class_emb=8, name="tiny")
-TINY_CINN = CINNConfig(z_dim=32, hidden=32, hidden_depth=1, n_flows=4, cond_size=32, n_down=3,
-                       embedder_width=8, name="tiny")
+TINY_CVAE = CVAEConfig(
+    patch=32,
+    z_dim=32,
+    encoder_width=8,
+    encoder_blocks=(1, 1),
+    decoder_chn=8,
+    z_chunk=4,
+    class_dim=32,
+    class_emb=8,
+    name="tiny",
+)
+TINY_CINN = CINNConfig(
+    z_dim=32, hidden=32, hidden_depth=1, n_flows=4, cond_size=32, n_down=3, embedder_width=8, name="tiny"
+)
 
 
 def _reference(name: str) -> dict:
@@ -42,10 +52,13 @@ def _layout(model: torch.nn.Module) -> list:
     return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
 
 
-@pytest.mark.parametrize("cls,cfg,manifest", [
-    (ConditionalVAE, CVAEConfig.paper(), "ldct_invariances_cvae_BigAE.json"),
-    (ConditionalINN, CINNConfig.paper(), "ldct_invariances_cinn_ConditionalTransformer.json"),
-])
+@pytest.mark.parametrize(
+    "cls,cfg,manifest",
+    [
+        (ConditionalVAE, CVAEConfig.paper(), "ldct_invariances_cvae_BigAE.json"),
+        (ConditionalINN, CINNConfig.paper(), "ldct_invariances_cinn_ConditionalTransformer.json"),
+    ],
+)
 def test_paper_size_state_dict_equals_published_layout(cls, cfg, manifest):
     ref = _reference(manifest)
     model = cls(cfg)
@@ -88,7 +101,7 @@ def test_cinn_reverse_inverts_forward_and_logdet_is_exact():
     v, logdet = inn(z, fx)
     assert (inn.reverse(v, fx) - z).abs().max() < 1e-10
     for i in range(2):  # log|det J| from autograd equals the flow's log-det
-        jac = torch.autograd.functional.jacobian(lambda t, i=i: inn(t[None], fx[i:i + 1])[0][0], z[i])
+        jac = torch.autograd.functional.jacobian(lambda t, i=i: inn(t[None], fx[i : i + 1])[0][0], z[i])
         assert torch.allclose(torch.linalg.slogdet(jac)[1], logdet[i], atol=1e-8)
 
 
@@ -103,8 +116,13 @@ def test_actnorm_is_not_reinitialised_in_eval_mode():
 def test_save_and_load_roundtrip_and_hash_check(tmp_path):
     vae, inn = ConditionalVAE(TINY_CVAE).eval(), ConditionalINN(TINY_CINN).eval()
     vpath = save_cvae(vae, tmp_path / "cvae.safetensors", {"steps": 0})
-    ipath = save_cinn(inn, tmp_path / "cinn-x.safetensors", {"name": "x"}, json.loads(vpath.with_suffix(".json").read_text()),
-                      {"steps": 0})
+    ipath = save_cinn(
+        inn,
+        tmp_path / "cinn-x.safetensors",
+        {"name": "x"},
+        json.loads(vpath.with_suffix(".json").read_text()),
+        {"steps": 0},
+    )
     vae2, card = load_cvae(tmp_path)
     inn2, _ = load_cinn(ipath)
     z, fx = torch.randn(2, 32), torch.randn(2, 1, 32, 32)
@@ -135,8 +153,9 @@ def test_import_published_checks_hash_and_names_the_file(tmp_path):
         import_published(downloads, tmp_path / "out")
     with pytest.raises(WeightsError, match="no published"):
         import_published(tmp_path / "out" if (tmp_path / "out").exists() else tmp_path, tmp_path / "o2")
-    assert set(PUBLISHED_SHA256) == {f"{n}-{k}" for n in ("cnn10", "redcnn", "wganvgg", "dugan")
-                                     for k in ("vae", "cinn")}
+    assert set(PUBLISHED_SHA256) == {
+        f"{n}-{k}" for n in ("cnn10", "redcnn", "wganvgg", "dugan") for k in ("vae", "cinn")
+    }
 
 
 def test_import_published_converts_a_file_in_the_published_layout(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
+from engine_fixtures import TINY_CINN, TINY_CVAE
 
 from CTInvariancesLib.denoisers.loading import Denoiser
 from CTInvariancesLib.invariance.cinn import ConditionalINN
@@ -15,7 +16,6 @@ from CTInvariancesLib.invariance.cvae import ConditionalVAE
 from CTInvariancesLib.invariance.pipeline import Cancelled, sample_volume
 from CTInvariancesLib.invariance.sampler import InvarianceSampler, latent_draws, tile_starts
 from CTInvariancesLib.io import CTVolume, read_volume
-from engine_fixtures import TINY_CINN, TINY_CVAE
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ def test_tiles_cover_the_slice():
         starts = tile_starts(length, 32, 4)
         covered = np.zeros(length, bool)
         for s in starts:
-            covered[s:s + 32] = True
+            covered[s : s + 32] = True
         assert covered.all() and starts[-1] + 32 == length and starts[0] == 0
 
 
@@ -77,7 +77,9 @@ def test_air_tiles_are_left_as_they_are(sampler):
     res = sampler.sample(x, 3, seed=0)
     assert res.sampled_mask[48, 48] and not res.sampled_mask[2, 2]
     assert np.array_equal(res.samples[:, 2, 2], np.full(3, x[2, 2]))
-    full = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, skip_air=False).sample(x, 3, seed=0)
+    full = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, skip_air=False).sample(
+        x, 3, seed=0
+    )
     assert full.sampled_mask.all()
 
 
@@ -115,7 +117,8 @@ def test_sample_volume_writes_all_outputs_with_geometry(sampler, tmp_path):
     metrics = sample_volume(vol, sampler, tmp_path / "run", n_samples=3, seed=5, parameters={"p": 1})
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["samples.seq.nrrd", "denoised.nrrd", "std_map.nrrd", "metrics.json", "run.json"])
+        ["samples.seq.nrrd", "denoised.nrrd", "std_map.nrrd", "metrics.json", "run.json"]
+    )
     data, header = nrrd.read(str(out / "samples.seq.nrrd"))
     assert data.shape == (90, 100, 3, 3)  # I J K samples, list axis last as Slicer writes it
     assert header["kinds"] == ["domain", "domain", "domain", "list"]
@@ -147,8 +150,7 @@ def test_cancelled_or_failed_run_leaves_nothing(sampler, tmp_path):
     bad = _volume()
     bad.array[2] = np.nan  # fails in the body mask / metrics of the last slice? force a failure:
     with pytest.raises(ZeroDivisionError):
-        sample_volume(_volume(), sampler, tmp_path / "f", n_samples=2,
-                      progress=lambda n: 1 / 0)
+        sample_volume(_volume(), sampler, tmp_path / "f", n_samples=2, progress=lambda n: 1 / 0)
     assert list((tmp_path / "f").iterdir()) == []
 
 

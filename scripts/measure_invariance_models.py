@@ -49,13 +49,21 @@ def main() -> int:
         cinn_paths[name] = cinn_path
         inv = m["invertibility_and_normality"]
         fc, fp = m["fidelity_cinn"], m["fidelity_prior"]
-        print(f"{name:8s} roundtrip {inv['max_abs_roundtrip_error']:.2e}  |mean|max {inv['normality']['mean_abs_max']:.3f}"
-              f"  std [{inv['normality']['std_min']:.3f}, {inv['normality']['std_max']:.3f}]"
-              f"  ratio cINN {fc['median_ratio']:.3f} prior {fp['median_ratio']:.3f}"
-              f"  rmse(x~,x) {fc['median_rmse_input_hu']:.1f} HU / noise {fc.get('median_lowdose_noise_hu', float('nan')):.1f} HU"
-              f"  recon {m['reconstruction']['median_rmse_hu_posterior_mean']:.1f} HU", flush=True)
-    _update_card(cvae_path, "metrics", {"holdout_dose_0.25_reconstruction": {
-        n: m["reconstruction"] for n, m in all_metrics.items()}})
+        nrm = inv["normality"]
+        noise = fc.get("median_lowdose_noise_hu", float("nan"))
+        print(
+            f"{name:8s} roundtrip {inv['max_abs_roundtrip_error']:.2e}  |mean|max {nrm['mean_abs_max']:.3f}"
+            f"  std [{nrm['std_min']:.3f}, {nrm['std_max']:.3f}]"
+            f"  ratio cINN {fc['median_ratio']:.3f} prior {fp['median_ratio']:.3f}"
+            f"  rmse(x~,x) {fc['median_rmse_input_hu']:.1f} HU / noise {noise:.1f} HU"
+            f"  recon {m['reconstruction']['median_rmse_hu_posterior_mean']:.1f} HU",
+            flush=True,
+        )
+    _update_card(
+        cvae_path,
+        "metrics",
+        {"holdout_dose_0.25_reconstruction": {n: m["reconstruction"] for n, m in all_metrics.items()}},
+    )
     (runs / "metrics.json").write_text(json.dumps(all_metrics, indent=2) + "\n")
     if args.install:
         dest = bundled_dir()

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
 
     t = tsub.add_parser("cinn", help="train a cINN for one denoiser on a trained cVAE (torchrun works too)")
-    t.add_argument("--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    t.add_argument("--denoiser", required=True,
+                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
     t.add_argument("--cvae", required=True, help="cVAE run folder or .safetensors file")
     t.add_argument("--out", required=True)
     t.add_argument("--data", nargs="*", default=[], metavar="CT")
@@ -368,7 +369,8 @@ def _train_cvae(args) -> int:
     cfg = CVAETrainingConfig(
         out=args.out, size=args.size, denoisers=tuple(args.denoiser or DENOISER_NAMES), data=tuple(args.data),
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, adv_weight=args.adv_weight,
-        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=args.kl_weight, dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
+        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=args.kl_weight,
+        dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
         checkpoint_every=args.checkpoint_every, device=args.device,
     )
     ctx = distributed.setup(args.device)
@@ -423,7 +425,8 @@ def cmd_sample(args) -> int:
         metrics = sample_volume(vol, sampler, out, n_samples=args.samples, seed=args.seed,
                                 temperature=args.temperature, batch_size=args.batch_size,
                                 check=not args.no_check, progress=bar.update, parameters=params)
-    msg = f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {metrics['seconds']:.1f} s on {device})"
+    msg = (f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, "
+           f"{metrics['seconds']:.1f} s on {device})")
     if "fidelity" in metrics:
         fid = metrics["fidelity"]
         msg += (f"\n  samples differ from the input by {fid['median_rmse_input_hu']:.1f} HU (median RMSE in "

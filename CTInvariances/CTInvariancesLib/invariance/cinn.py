@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .layers import ActNorm, ConvHead, MLP
+from .layers import MLP, ActNorm, ConvHead
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class CINNConfig:
 
     @staticmethod
     def compact() -> CINNConfig:
-        return CINNConfig(z_dim=64, hidden=128, hidden_depth=1, n_flows=12, cond_size=64,
-                          embedder_width=16, name="compact")
+        return CINNConfig(
+            z_dim=64, hidden=128, hidden_depth=1, n_flows=12, cond_size=64, embedder_width=16, name="compact"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,8 +159,9 @@ class ConditionalFlow(nn.Module):
 class FeatureLayer(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.sub_layers = nn.ModuleList([nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ActNorm(cout),
-                                         nn.LeakyReLU(0.2)])
+        self.sub_layers = nn.ModuleList(
+            [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ActNorm(cout), nn.LeakyReLU(0.2)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.sub_layers:
@@ -205,7 +207,9 @@ class ConditionalINN(nn.Module):
         c = self.embed(fx) if embedding is None else embedding
         return self.flow(z.flatten(1), c)
 
-    def reverse(self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def reverse(
+        self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         c = self.embed(fx) if embedding is None else embedding
         return self.flow.reverse(v.flatten(1), c)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ActNorm, ConvHead, MLP, SpectralNorm
+from .layers import MLP, ActNorm, ConvHead, SpectralNorm
 
 LOGVAR_RANGE = (-30.0, 10.0)
 
@@ -40,8 +40,17 @@ class CVAEConfig:
 
     @staticmethod
     def compact() -> CVAEConfig:
-        return CVAEConfig(patch=64, z_dim=64, encoder_width=16, encoder_blocks=(1, 1, 1, 1),
-                          decoder_chn=16, z_chunk=8, class_dim=128, class_emb=32, name="compact")
+        return CVAEConfig(
+            patch=64,
+            z_dim=64,
+            encoder_width=16,
+            encoder_blocks=(1, 1, 1, 1),
+            decoder_chn=16,
+            z_chunk=8,
+            class_dim=128,
+            class_emb=32,
+            name="compact",
+        )
 
     @property
     def n_blocks(self) -> int:
@@ -72,7 +81,9 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        eps = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:

@@ -101,8 +101,9 @@ class SpectralNorm(nn.Module):
 class MLP(nn.Module):
     """Linear -> LeakyReLU -> (depth x [Linear -> LeakyReLU]) -> Linear [-> Tanh] as ``main``."""
 
-    def __init__(self, dim: int, depth: int, hidden: int, out_dim: int, tanh: bool = False,
-                 slope: float = 0.01) -> None:
+    def __init__(
+        self, dim: int, depth: int, hidden: int, out_dim: int, tanh: bool = False, slope: float = 0.01
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(dim, hidden), nn.LeakyReLU(slope)]
         for _ in range(depth):

@@ -26,7 +26,9 @@ class PatchSet:
     fd: torch.Tensor | None = None
 
 
-def holdout_patches(denoiser: Denoiser, patch: int, n: int, seed: int = 7, dose_fraction: float = 0.25) -> PatchSet:
+def holdout_patches(
+    denoiser: Denoiser, patch: int, n: int, seed: int = 7, dose_fraction: float = 0.25
+) -> PatchSet:
     """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices."""
     from ..evaluation import HOLDOUT_SEED
     from ..training.data import make_pairs
@@ -44,20 +46,28 @@ def random_patches(stacks_hu: list[np.ndarray], patch: int, n: int, seed: int) -
     picks = []
     while len(picks) < n:
         i, r, c = int(rng.integers(k)), int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-        if stacks_hu[-1][i, r:r + patch, c:c + patch].mean() >= -900.0:
+        if stacks_hu[-1][i, r : r + patch, c : c + patch].mean() >= -900.0:
             picks.append((i, r, c))
-    out = [torch.from_numpy(hu_to_normalized(np.stack([s[i, r:r + patch, c:c + patch] for i, r, c in picks])
-                                             .astype(np.float32)))[:, None] for s in stacks_hu]
+    out = [
+        torch.from_numpy(
+            hu_to_normalized(
+                np.stack([s[i, r : r + patch, c : c + patch] for i, r, c in picks]).astype(np.float32)
+            )
+        )[:, None]
+        for s in stacks_hu
+    ]
     return PatchSet(out[0], out[1], out[2] if len(out) > 2 else None)
 
 
 @torch.inference_mode()
-def invertibility(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, batch: int = 100, seed: int = 0) -> dict:
+def invertibility(
+    cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, batch: int = 100, seed: int = 0
+) -> dict:
     """max |reverse(forward(z)) - z| over encoded latents (posterior samples)."""
     gen = torch.Generator().manual_seed(seed)
     errs, vs = [], []
     for s in range(0, len(ps.x), batch):
-        x, fx = ps.x[s:s + batch], ps.fx[s:s + batch]
+        x, fx = ps.x[s : s + batch], ps.fx[s : s + batch]
         z = cvae.encode(x, fx).sample(gen)
         v, _ = cinn(z, fx)
         errs.append((cinn.reverse(v, fx) - z).abs().max())
@@ -82,20 +92,28 @@ def _rmse_hu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def invariance_fidelity(denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN | None, ps: PatchSet,
-                        samples_per_patch: int = 1, batch: int = 50, seed: int = 0,
-                        temperature: float = 1.0) -> dict:
+def invariance_fidelity(
+    denoiser: Denoiser,
+    cvae: ConditionalVAE,
+    cinn: ConditionalINN | None,
+    ps: PatchSet,
+    samples_per_patch: int = 1,
+    batch: int = 50,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> dict:
     """Per patch: RMSE_HU(f(x~), f(x)) / RMSE_HU(x~, x), f applied to the patch; medians.
 
     With ``cinn=None`` z is drawn from the cVAE prior (the decoder alone).
     """
+
     def f(t):
         return hu_to_normalized(denoiser(normalized_to_hu(t)))
 
     ratios, moved, kept = [], [], []
     for k in range(samples_per_patch):
         for s in range(0, len(ps.x), batch):
-            x, fxc = ps.x[s:s + batch], ps.fx[s:s + batch]
+            x, fxc = ps.x[s : s + batch], ps.fx[s : s + batch]
             v = latent_draws(len(x), cvae.z_dim, seed, temperature, offset=k * len(ps.x) + s)
             z = v if cinn is None else cinn.reverse(v, fxc)
             xt = cvae.decode(z, fxc)
@@ -125,16 +143,24 @@ def reconstruction_error(cvae: ConditionalVAE, ps: PatchSet, batch: int = 100, s
     gen = torch.Generator().manual_seed(seed)
     mean_err, sample_err = [], []
     for s in range(0, len(ps.x), batch):
-        x, fx = ps.x[s:s + batch], ps.fx[s:s + batch]
+        x, fx = ps.x[s : s + batch], ps.fx[s : s + batch]
         q = cvae.encode(x, fx)
         mean_err.append(_rmse_hu(cvae.decode(q.mean, fx), x))
         sample_err.append(_rmse_hu(cvae.decode(q.sample(gen), fx), x))
-    return {"median_rmse_hu_posterior_mean": float(torch.cat(mean_err).median()),
-            "median_rmse_hu_posterior_sample": float(torch.cat(sample_err).median())}
+    return {
+        "median_rmse_hu_posterior_mean": float(torch.cat(mean_err).median()),
+        "median_rmse_hu_posterior_sample": float(torch.cat(sample_err).median()),
+    }
 
 
-def engine_metrics(denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN, n_latents: int = 1000,
-                   n_fidelity: int = 200, seed: int = 0) -> dict:
+def engine_metrics(
+    denoiser: Denoiser,
+    cvae: ConditionalVAE,
+    cinn: ConditionalINN,
+    n_latents: int = 1000,
+    n_fidelity: int = 200,
+    seed: int = 0,
+) -> dict:
     """Section-4 numbers on held-out data for one denoiser."""
     ps = holdout_patches(denoiser, cvae.patch, n_latents, seed=7)
     small = PatchSet(ps.x[:n_fidelity], ps.fx[:n_fidelity], None if ps.fd is None else ps.fd[:n_fidelity])
@@ -145,4 +171,3 @@ def engine_metrics(denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalIN
         "fidelity_prior": invariance_fidelity(denoiser, cvae, None, small, seed=seed),
         "reconstruction": reconstruction_error(cvae, small, seed=seed),
     }
-

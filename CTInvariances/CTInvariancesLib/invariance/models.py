@@ -39,8 +39,9 @@ def cinn_config_for(cvae_cfg: CVAEConfig) -> CINNConfig:
     if cvae_cfg == CVAEConfig.paper():
         return CINNConfig.paper()
     n_down = min(4, max(1, (cvae_cfg.patch // 4).bit_length() - 1))
-    return dataclasses.replace(CINNConfig.compact(), z_dim=cvae_cfg.z_dim, cond_size=cvae_cfg.patch,
-                               n_down=n_down, name="compact")
+    return dataclasses.replace(
+        CINNConfig.compact(), z_dim=cvae_cfg.z_dim, cond_size=cvae_cfg.patch, n_down=n_down, name="compact"
+    )
 
 
 def _num_params(m: torch.nn.Module) -> int:
@@ -60,8 +61,14 @@ def save_cvae(model: ConditionalVAE, path: str | Path, training: dict, extra: di
     return save_weights_with_card(model.state_dict(), path, card)
 
 
-def save_cinn(model: ConditionalINN, path: str | Path, denoiser: Denoiser | dict, cvae_card: dict,
-              training: dict, extra: dict | None = None) -> Path:
+def save_cinn(
+    model: ConditionalINN,
+    path: str | Path,
+    denoiser: Denoiser | dict,
+    cvae_card: dict,
+    training: dict,
+    extra: dict | None = None,
+) -> Path:
     card = {
         "kind": "cinn",
         "size": model.cfg.name,
@@ -87,7 +94,9 @@ def resolve_cvae_path(spec: str | Path | None) -> Path:
     return p
 
 
-def load_cvae(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[ConditionalVAE, dict]:
+def load_cvae(
+    spec: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[ConditionalVAE, dict]:
     path = resolve_cvae_path(spec)
     if not path.is_file():
         raise WeightsError("cVAE weights not found (train one with `ctinvariances train cvae`)", path)
@@ -124,7 +133,9 @@ def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0:3]
-        raise WeightsError(f"weights do not fit the architecture in the card: {' '.join(first)}", path) from None
+        raise WeightsError(
+            f"weights do not fit the architecture in the card: {' '.join(first)}", path
+        ) from None
 
 
 def import_published(folder: str | Path, out: str | Path | None = None, names=None) -> list[Path]:
@@ -150,18 +161,31 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
         vae = ConditionalVAE(CVAEConfig.paper())
         _load_strict(vae, _published_state(vae_file, f"{name}-vae"), vae_file)
         source = {"url": PUBLISHED_URL.format(name=f"{name}-vae"), "sha256": PUBLISHED_SHA256[f"{name}-vae"]}
-        vae_path = save_cvae(vae, dest / "cvae.safetensors",
-                             {"published": source, "conditions": [{"name": name}]},
-                             {"note": "Eulig et al. 2025, trained on the Mayo LDCT chest data (10 % dose)"})
+        vae_path = save_cvae(
+            vae,
+            dest / "cvae.safetensors",
+            {"published": source, "conditions": [{"name": name}]},
+            {"note": "Eulig et al. 2025, trained on the Mayo LDCT chest data (10 % dose)"},
+        )
         from ..weights import read_card
 
         cinn = ConditionalINN(CINNConfig.paper(), seed=None)
         _load_strict(cinn, _published_state(cinn_file, f"{name}-cinn"), cinn_file)
-        source = {"url": PUBLISHED_URL.format(name=f"{name}-cinn"), "sha256": PUBLISHED_SHA256[f"{name}-cinn"]}
-        cinn_path = save_cinn(cinn, dest / f"cinn-{name}.safetensors", {"name": name}, read_card(vae_path),
-                              {"published": source},
-                              {"log_det": "trained with the published code (leaky-ReLU log-det omitted); "
-                               "sampling is unaffected"})
+        source = {
+            "url": PUBLISHED_URL.format(name=f"{name}-cinn"),
+            "sha256": PUBLISHED_SHA256[f"{name}-cinn"],
+        }
+        cinn_path = save_cinn(
+            cinn,
+            dest / f"cinn-{name}.safetensors",
+            {"name": name},
+            read_card(vae_path),
+            {"published": source},
+            {
+                "log_det": "trained with the published code (leaky-ReLU log-det omitted); "
+                "sampling is unaffected"
+            },
+        )
         written += [vae_path, cinn_path]
     if not found_any:
         raise WeightsError("no published <denoiser>-vae.pt / <denoiser>-cinn.pt files in this folder", folder)
@@ -181,7 +205,9 @@ def read_published_state(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"not a readable torch checkpoint ({exc.__class__.__name__}: {exc})", path) from None
+        raise WeightsError(
+            f"not a readable torch checkpoint ({exc.__class__.__name__}: {exc})", path
+        ) from None
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise WeightsError("no model_state_dict in this checkpoint", path)
     return obj["model_state_dict"]

@@ -36,8 +36,9 @@ def _rmse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a[mask].astype(np.float64) - b[mask]) ** 2))) if mask.any() else 0.0
 
 
-def slice_check(sampler: InvarianceSampler, x: np.ndarray, fx: np.ndarray, samples: np.ndarray,
-                mask: np.ndarray) -> dict:
+def slice_check(
+    sampler: InvarianceSampler, x: np.ndarray, fx: np.ndarray, samples: np.ndarray, mask: np.ndarray
+) -> dict:
     """Check the samples: f(x~) against f(x) inside the body, as RMSE ratios per sample."""
     f_samples = sampler.denoiser.denoise_slices(samples, batch_size=4)
     moved = [_rmse(s, x, mask) for s in samples]
@@ -135,11 +136,16 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "numpy_version": np.__version__,
         "python": platform.python_version(),
         "device": str(sampler.device),
-        "input": {"source": volume.source, "shape_kji": list(volume.shape),
-                  "slices": volume.source_slice_indices},
+        "input": {
+            "source": volume.source,
+            "shape_kji": list(volume.shape),
+            "slices": volume.source_slice_indices,
+        },
         "denoiser": sampler.denoiser.describe(),
         "cvae": {k: (cards.get("cvae") or {}).get(k) for k in ("file", "sha256", "size")},
-        "cinn": None if sampler.cinn is None else {k: (cards.get("cinn") or {}).get(k) for k in ("file", "sha256")},
+        "cinn": None
+        if sampler.cinn is None
+        else {k: (cards.get("cinn") or {}).get(k) for k in ("file", "sha256")},
         "n_samples": n_samples,
         "seed": seed,
         "temperature": temperature,

@@ -68,9 +68,16 @@ class InvarianceSampler:
     comparison that shows what the cINN adds).
     """
 
-    def __init__(self, denoiser: Denoiser, cvae: ConditionalVAE, cinn: ConditionalINN | None,
-                 device: str | torch.device = "cpu", overlap: int | None = None, skip_air: bool = True,
-                 amp: bool | None = None) -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        cvae: ConditionalVAE,
+        cinn: ConditionalINN | None,
+        device: str | torch.device = "cpu",
+        overlap: int | None = None,
+        skip_air: bool = True,
+        amp: bool | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.denoiser = denoiser.to(self.device)
         self.cvae = cvae.to(self.device).eval()
@@ -84,8 +91,15 @@ class InvarianceSampler:
         self.cards: dict = {}
 
     @classmethod
-    def load(cls, denoiser: str | Denoiser, cvae: str | None = None, cinn: str | None = None,
-             device: str | torch.device = "cpu", use_cinn: bool = True, **kw) -> InvarianceSampler:
+    def load(
+        cls,
+        denoiser: str | Denoiser,
+        cvae: str | None = None,
+        cinn: str | None = None,
+        device: str | torch.device = "cpu",
+        use_cinn: bool = True,
+        **kw,
+    ) -> InvarianceSampler:
         """Bundled models by default: ``InvarianceSampler.load("cnn10")``."""
         den = denoiser if isinstance(denoiser, Denoiser) else load_denoiser(denoiser, device=device)
         cvae_path = resolve_cvae_path(cvae)
@@ -100,8 +114,15 @@ class InvarianceSampler:
 
     # --- one slice ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def sample(self, x_hu, n_samples: int, temperature: float = 1.0, seed: int = 0,
-               batch_size: int = 64, denoised_hu: np.ndarray | None = None) -> SliceSamples:
+    def sample(
+        self,
+        x_hu,
+        n_samples: int,
+        temperature: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        denoised_hu: np.ndarray | None = None,
+    ) -> SliceSamples:
         """K samples of one slice ``x_hu`` [H, W] (HU). Returns samples and f(x) in HU."""
         x = np.asarray(x_hu.detach().cpu() if torch.is_tensor(x_hu) else x_hu, dtype=np.float32)
         if x.ndim != 2:
@@ -120,7 +141,9 @@ class InvarianceSampler:
         xp[:h, :w], fp[:h, :w] = x, fx
         rows, cols = tile_starts(ph, p, self.overlap), tile_starts(pw, p, self.overlap)
         tiles = [(r, c) for r in rows for c in cols]
-        active = [t for t in tiles if not self.skip_air or fp[t[0]:t[0] + p, t[1]:t[1] + p].max() > AIR_HU]
+        active = [
+            t for t in tiles if not self.skip_air or fp[t[0] : t[0] + p, t[1] : t[1] + p].max() > AIR_HU
+        ]
         acc = np.zeros((n_samples, ph, pw), np.float64)
         wsum = np.zeros((ph, pw), np.float64)
         mask = np.zeros((ph, pw), bool)
@@ -129,15 +152,16 @@ class InvarianceSampler:
         wt_cache = {}
         active_set = set(active)
         for r, c in tiles:
-            wt_cache[(r, c)] = np.outer(_ramp(p, self.overlap, r == 0, r == rows[-1]),
-                                        _ramp(p, self.overlap, c == 0, c == cols[-1]))
-            wsum[r:r + p, c:c + p] += wt_cache[(r, c)]
+            wt_cache[(r, c)] = np.outer(
+                _ramp(p, self.overlap, r == 0, r == rows[-1]), _ramp(p, self.overlap, c == 0, c == cols[-1])
+            )
+            wsum[r : r + p, c : c + p] += wt_cache[(r, c)]
             if (r, c) not in active_set:
-                acc[:, r:r + p, c:c + p] += wt_cache[(r, c)] * xp[r:r + p, c:c + p]
+                acc[:, r : r + p, c : c + p] += wt_cache[(r, c)] * xp[r : r + p, c : c + p]
         jobs = [(t, k) for t in active for k in range(n_samples)]
         start = 0
         while start < len(jobs):
-            chunk = jobs[start:start + batch_size]
+            chunk = jobs[start : start + batch_size]
             try:
                 out = self._decode_jobs(chunk, fx_t, v)
             except torch.OutOfMemoryError:
@@ -148,8 +172,8 @@ class InvarianceSampler:
                     torch.cuda.empty_cache()
                 continue
             for ((r, c), k), tile in zip(chunk, out):
-                acc[k, r:r + p, c:c + p] += wt_cache[(r, c)] * tile
-                mask[r:r + p, c:c + p] = True
+                acc[k, r : r + p, c : c + p] += wt_cache[(r, c)] * tile
+                mask[r : r + p, c : c + p] = True
             start += len(chunk)
         samples = (acc / wsum).astype(np.float32)[:, :h, :w]
         self.last_batch_size = batch_size
@@ -157,7 +181,7 @@ class InvarianceSampler:
 
     def _decode_jobs(self, jobs, fx_t: torch.Tensor, v: torch.Tensor) -> np.ndarray:
         p = self.patch
-        cond = torch.stack([fx_t[r:r + p, c:c + p] for (r, c), _ in jobs])[:, None]
+        cond = torch.stack([fx_t[r : r + p, c : c + p] for (r, c), _ in jobs])[:, None]
         vv = v[[k for _, k in jobs]]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = vv if self.cinn is None else self.cinn.reverse(vv, cond)
@@ -179,15 +203,19 @@ def _check_cinn_matches(cinn_card: dict, den: Denoiser, cvae_card: dict) -> None
 
     want = (cinn_card.get("cvae") or {}).get("sha256")
     if want and cvae_card.get("sha256") and want != cvae_card["sha256"]:
-        raise WeightsError("this cINN was trained on a different cVAE (hash differs from the cVAE's)",
-                           Path(cinn_card.get("file", "cINN")))
+        raise WeightsError(
+            "this cINN was trained on a different cVAE (hash differs from the cVAE's)",
+            Path(cinn_card.get("file", "cINN")),
+        )
     d = cinn_card.get("denoiser") or {}
     if d.get("sha256") and den.sha256 and d["sha256"] != den.sha256:
-        raise WeightsError(f"this cINN was trained for a different {d.get('name')} denoiser "
-                           "(its hash differs from the loaded denoiser's)", Path(cinn_card.get("file", "cINN")))
+        raise WeightsError(
+            f"this cINN was trained for a different {d.get('name')} denoiser "
+            "(its hash differs from the loaded denoiser's)",
+            Path(cinn_card.get("file", "cINN")),
+        )
 
 
 def std_map(samples: np.ndarray) -> np.ndarray:
     """Pixel-wise standard deviation over samples (HU)."""
     return samples.std(axis=0, dtype=np.float64).astype(np.float32)
-

@@ -22,8 +22,15 @@ def _vec(v) -> str:
 
 
 class StreamingNrrdWriter:
-    def __init__(self, path: str | Path, geometry: CTVolume, n_items: int | None = None,
-                 index_name: str = "sample", dtype=np.float32, extra: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        geometry: CTVolume,
+        n_items: int | None = None,
+        index_name: str = "sample",
+        dtype=np.float32,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         k, j, i = geometry.shape
@@ -58,8 +65,13 @@ class StreamingNrrdWriter:
         with open(self.partial, "wb") as f:
             f.write(header)
             f.truncate(len(header) + int(np.prod(self.shape)) * np.dtype(dtype).itemsize)
-        self.data = np.memmap(self.partial, dtype=np.dtype(dtype).newbyteorder("<"), mode="r+",
-                              offset=len(header), shape=self.shape)
+        self.data = np.memmap(
+            self.partial,
+            dtype=np.dtype(dtype).newbyteorder("<"),
+            mode="r+",
+            offset=len(header),
+            shape=self.shape,
+        )
 
     def write_slice(self, k: int, values: np.ndarray) -> None:
         """Slice k: [J, I] for a volume, [N, J, I] for a sequence."""

@@ -19,12 +19,11 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -34,7 +33,6 @@ from ..errors import CTInvariancesError
 from ..invariance.cinn import CINNConfig, ConditionalINN
 from ..invariance.cvae import ConditionalVAE, CVAEConfig
 from ..invariance.models import cinn_config_for, load_cvae, save_cinn, save_cvae
-from ..normalization import hu_to_normalized
 from . import distributed as ddp
 from .data import PatchSampler, cache_dir, make_pairs
 
@@ -146,8 +144,9 @@ def _state_digest(module: nn.Module) -> str:
 class _Loop:
     """Checkpointed step loop with a progress bar and a JSON-lines log (rank 0 writes)."""
 
-    def __init__(self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool,
-                 checkpoint_every: int) -> None:
+    def __init__(
+        self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool, checkpoint_every: int
+    ) -> None:
         self.out, self.ctx, self.total, self.every = out, ctx, total, checkpoint_every
         self.log_path = out / "log.jsonl"
         self.running: dict[str, float] = {}
@@ -169,8 +168,16 @@ class _Loop:
         running = ddp.mean_scalars(self.running, self.ctx)
         if self.ctx.is_main:
             with open(self.log_path, "a") as f:
-                f.write(json.dumps({"step": step, "elapsed_s": round(elapsed, 1),
-                                    **{k: round(v, 6) for k, v in running.items()}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "elapsed_s": round(elapsed, 1),
+                            **{k: round(v, 6) for k, v in running.items()},
+                        }
+                    )
+                    + "\n"
+                )
 
     def close(self) -> None:
         self.bar.close()
@@ -218,7 +225,9 @@ class CVAETrainer:
         self.model = ConditionalVAE(self.model_cfg).to(self.device)
         self.critic = ConditionalCritic(self.model_cfg.patch, cfg.critic_width).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr * cfg.critic_lr_factor, betas=cfg.betas)
+        self.copt = torch.optim.Adam(
+            self.critic.parameters(), lr=cfg.lr * cfg.critic_lr_factor, betas=cfg.betas
+        )
         self.step = 0
         self.elapsed = 0.0
         self.out = Path(cfg.out)
@@ -246,14 +255,21 @@ class CVAETrainer:
     def save_checkpoint(self, sampler: PatchSampler) -> None:
         if not self.ctx.is_main:
             return
-        _atomic_save({
-            "step": self.step, "elapsed": self.elapsed,
-            "model": self.model.state_dict(), "critic": self.critic.state_dict(),
-            "opt": self.opt.state_dict(), "copt": self.copt.state_dict(),
-            "sampler": json.dumps(sampler.state()), "torch_rng": torch.get_rng_state(),
-            "config": json.dumps(asdict(self.cfg)),
-            "history": json.dumps(self.history + [self._stage()]),
-        }, self._ckpt())
+        _atomic_save(
+            {
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "model": self.model.state_dict(),
+                "critic": self.critic.state_dict(),
+                "opt": self.opt.state_dict(),
+                "copt": self.copt.state_dict(),
+                "sampler": json.dumps(sampler.state()),
+                "torch_rng": torch.get_rng_state(),
+                "config": json.dumps(asdict(self.cfg)),
+                "history": json.dumps(self.history + [self._stage()]),
+            },
+            self._ckpt(),
+        )
 
     def try_resume(self, sampler: PatchSampler) -> bool:
         if not self._ckpt().exists():
@@ -334,7 +350,9 @@ class CVAETrainer:
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        loop = _Loop(self.out, self.ctx, cfg.steps, f"train cvae ({cfg.size})", progress, cfg.checkpoint_every)
+        loop = _Loop(
+            self.out, self.ctx, cfg.steps, f"train cvae ({cfg.size})", progress, cfg.checkpoint_every
+        )
         loop.bar.n = self.step
         self.model.train()
         self.critic.train()
@@ -372,8 +390,14 @@ class CVAETrainer:
             "batch_size": cfg.batch_size,
             "world_size": self.ctx.world_size,
             "lr": cfg.lr,
-            "loss": {"l1_weight": cfg.l1_weight, "kl_weight": cfg.kl_weight, "adv_weight": cfg.adv_weight,
-                     "adv_start": cfg.adv_start, "gp_weight": cfg.gp_weight, "perceptual": None},
+            "loss": {
+                "l1_weight": cfg.l1_weight,
+                "kl_weight": cfg.kl_weight,
+                "adv_weight": cfg.adv_weight,
+                "adv_start": cfg.adv_start,
+                "gp_weight": cfg.gp_weight,
+                "perceptual": None,
+            },
             "seed": cfg.seed,
             "stages": [h for h in self.history + [self._stage()] if h["to_step"] > h["from_step"]],
             "train_time_s": round(self.elapsed, 1),
@@ -392,8 +416,10 @@ def _data_description(data: tuple[str, ...], source) -> str | list:
         return getattr(source, "description", type(source).__name__)
     if data:
         return list(data)
-    return ("real full-dose CT from ../shared/data (abdomen-siemens-20 k 0-13, head-ge-28 k 0-19); "
-            "low dose simulated by projection-domain noise insertion")
+    return (
+        "real full-dose CT from ../shared/data (abdomen-siemens-20 k 0-13, head-ge-28 k 0-19); "
+        "low dose simulated by projection-domain noise insertion"
+    )
 
 
 # --- cINN ------------------------------------------------------------------------------------
@@ -422,8 +448,13 @@ class CINNTrainer:
     """``denoiser`` may be a loaded :class:`Denoiser` instead of ``cfg.denoiser``; ``source`` as
     for :class:`CVAETrainer`."""
 
-    def __init__(self, cfg: CINNTrainingConfig, ctx: ddp.DistContext | None = None, source=None,
-                 denoiser: Denoiser | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CINNTrainingConfig,
+        ctx: ddp.DistContext | None = None,
+        source=None,
+        denoiser: Denoiser | None = None,
+    ) -> None:
         self.cfg = cfg
         self.source = source
         self.ctx = ctx or ddp.setup(cfg.device)
@@ -433,14 +464,20 @@ class CINNTrainer:
         self.cvae.eval().requires_grad_(False)
         cinn_cfg = cfg.model_config or cinn_config_for(self.cvae.cfg)
         if cinn_cfg.z_dim != self.cvae.z_dim or cinn_cfg.cond_size != self.cvae.patch:
-            raise CTInvariancesError("the cINN configuration does not fit this cVAE (z_dim / patch)", cfg.cvae)
+            raise CTInvariancesError(
+                "the cINN configuration does not fit this cVAE (z_dim / patch)", cfg.cvae
+            )
         self.model = ConditionalINN(cinn_cfg, seed=cfg.seed).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step, self.elapsed = 0, 0.0
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.denoiser = denoiser or load_denoiser(cfg.denoiser, device=self.device, arch=cfg.denoiser_arch,
-                                                  input_convention=cfg.denoiser_input_convention)
+        self.denoiser = denoiser or load_denoiser(
+            cfg.denoiser,
+            device=self.device,
+            arch=cfg.denoiser_arch,
+            input_convention=cfg.denoiser_input_convention,
+        )
         self.ddp_model: nn.Module = self.model
 
     def _ckpt(self) -> Path:
@@ -465,10 +502,18 @@ class CINNTrainer:
 
     def save_checkpoint(self, sampler: PatchSampler) -> None:
         if self.ctx.is_main:
-            _atomic_save({"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
-                          "opt": self.opt.state_dict(), "sampler": json.dumps(sampler.state()),
-                          "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg))},
-                         self._ckpt())
+            _atomic_save(
+                {
+                    "step": self.step,
+                    "elapsed": self.elapsed,
+                    "model": self.model.state_dict(),
+                    "opt": self.opt.state_dict(),
+                    "sampler": json.dumps(sampler.state()),
+                    "torch_rng": torch.get_rng_state(),
+                    "config": json.dumps(asdict(self.cfg)),
+                },
+                self._ckpt(),
+            )
 
     def try_resume(self, sampler: PatchSampler) -> bool:
         if not self._ckpt().exists():
@@ -495,8 +540,14 @@ class CINNTrainer:
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        loop = _Loop(self.out, self.ctx, cfg.steps, f"train cinn ({self.denoiser.name})", progress,
-                     cfg.checkpoint_every)
+        loop = _Loop(
+            self.out,
+            self.ctx,
+            cfg.steps,
+            f"train cinn ({self.denoiser.name})",
+            progress,
+            cfg.checkpoint_every,
+        )
         loop.bar.n = self.step
         self.model.train()
         t0, base = time.perf_counter(), self.elapsed
@@ -526,7 +577,9 @@ class CINNTrainer:
             return None
         self.model.eval()
         training = {
-            "data": "as the cVAE" if not (cfg.data or self.source) else _data_description(cfg.data, self.source),
+            "data": "as the cVAE"
+            if not (cfg.data or self.source)
+            else _data_description(cfg.data, self.source),
             "n_training_slices": self.n_slices,
             "dose_fraction": cfg.dose_fraction,
             "steps": self.step,
@@ -538,5 +591,10 @@ class CINNTrainer:
             "train_time_s": round(self.elapsed, 1),
             "hardware": str(self.device),
         }
-        return save_cinn(self.model, self.out / f"cinn-{self.denoiser.name}.safetensors",
-                         self.denoiser, self.cvae_card, training)
+        return save_cinn(
+            self.model,
+            self.out / f"cinn-{self.denoiser.name}.safetensors",
+            self.denoiser,
+            self.cvae_card,
+            training,
+        )

@@ -1,0 +1,164 @@
+"""The engine's commands as a user runs them: sample, models import-published / list, train errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nrrd
+import pytest
+import torch
+from engine_fixtures import TINY_CINN, TINY_CVAE
+from test_cli import assert_one_line_error, run
+
+from CTInvariancesLib.invariance.cinn import ConditionalINN
+from CTInvariancesLib.invariance.cvae import ConditionalVAE
+from CTInvariancesLib.invariance.models import save_cinn, save_cvae
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-engine")
+    torch.manual_seed(0)
+    vae, inn = ConditionalVAE(TINY_CVAE), ConditionalINN(TINY_CINN)
+    vae.train()
+    inn.train()
+    with torch.no_grad():
+        x = torch.randn(16, 1, 32, 32)
+        vae(x, x)
+        inn(torch.randn(16, 32), x)
+    vpath = save_cvae(vae.eval(), folder / "cvae.safetensors", {"steps": 0})
+    save_cinn(
+        inn.eval(),
+        folder / "cinn-cnn10.safetensors",
+        {"name": "cnn10"},
+        json.loads(vpath.with_suffix(".json").read_text()),
+        {"steps": 0},
+    )
+    return folder
+
+
+def test_sample_writes_the_run_folder(tiny_models, ct_small, tmp_path):
+    out = tmp_path / "run"
+    proc = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(tiny_models),
+        "--samples",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "ratio" in proc.stdout
+    data, header = nrrd.read(str(out / "samples.seq.nrrd"))
+    assert data.shape == (128, 128, 1, 3)
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["seed"] == 4 and run_json["cinn"]["sha256"]
+    assert json.loads((out / "metrics.json").read_text())["n_slices"] == 1
+    again = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(tiny_models),
+        "--samples",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        str(tmp_path / "run2"),
+        "--device",
+        "cpu",
+    )
+    assert again.returncode == 0
+    assert (out / "samples.seq.nrrd").read_bytes() == (tmp_path / "run2" / "samples.seq.nrrd").read_bytes()
+
+
+def test_sample_from_the_prior_needs_no_cinn(tiny_models, ct_small, tmp_path):
+    proc = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "redcnn",
+        "--cvae",
+        str(tiny_models),
+        "--prior",
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path / "p"),
+        "--device",
+        "cpu",
+        "--no-check",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["cinn"] is None
+
+
+def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp_path):
+    out = tmp_path / "e"
+    proc = run("sample", str(ct_small), "--denoiser", "redcnn", "--cvae", str(tiny_models), "--out", str(out))
+    assert_one_line_error(proc, "cinn-redcnn.safetensors", "not found")
+    assert not out.exists()
+    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--samples", "0", "--out", str(out))
+    assert_one_line_error(proc, "--samples 0")
+    proc = run(
+        "sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(tmp_path / "nope"), "--out", str(out)
+    )
+    assert_one_line_error(proc, "cVAE weights not found")
+    ok = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(tiny_models),
+        "--samples",
+        "1",
+        "--out",
+        str(out),
+        "--no-check",
+    )
+    assert ok.returncode == 0, ok.stderr
+    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(tiny_models), "--out", str(out))
+    assert_one_line_error(proc, "already holds")
+
+
+def test_import_published_errors_name_the_folder(tmp_path):
+    proc = run("models", "import-published", "--dir", str(tmp_path))
+    assert_one_line_error(proc, str(tmp_path), "no published")
+    (tmp_path / "dugan-vae.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "dugan-cinn.pt").write_bytes(b"not a checkpoint")
+    proc = run("models", "import-published", "--dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "dugan-vae.pt", "SHA-256 mismatch")
+
+
+def test_models_list_shows_bundled_models():
+    proc = run("models", "list")
+    assert proc.returncode == 0, proc.stderr
+    assert "denoisers/cnn10.safetensors" in proc.stdout
+
+
+def test_train_cinn_refuses_a_missing_cvae(tmp_path):
+    proc = run(
+        "train",
+        "cinn",
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    )
+    assert_one_line_error(proc, "cVAE weights not found")
