@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (halved on out-of-memory)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: patch / 8)")
     p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
+    p.add_argument("--tile-latents", choices=("shared", "independent"), default="shared",
+                   help="shared: sample k uses one v in every tile (default); independent: a v per tile")
     p.add_argument("--no-check", action="store_true", help="skip denoising the samples (fidelity check)")
     _add_denoiser_args(p)
     _add_volume_args(p)
@@ -415,7 +417,7 @@ def cmd_sample(args) -> int:
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
-    kw = {"skip_air": not args.no_skip_air}
+    kw = {"skip_air": not args.no_skip_air, "tile_latents": args.tile_latents}
     if args.overlap is not None:
         kw["overlap"] = args.overlap
     sampler = InvarianceSampler.load(den, cvae=args.cvae, cinn=args.cinn, device=device,

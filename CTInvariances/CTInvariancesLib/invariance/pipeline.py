@@ -80,7 +80,8 @@ def sample_volume(
             if should_stop and should_stop():
                 raise Cancelled()
             x = volume.array[k]
-            res = sampler.sample(x, n_samples, temperature=temperature, seed=seed, batch_size=batch_size)
+            res = sampler.sample(x, n_samples, temperature=temperature, seed=seed, batch_size=batch_size,
+                                 slice_index=int(volume.source_slice_indices[k]))
             writers[0].write_slice(k, res.samples)
             writers[1].write_slice(k, res.denoised)
             writers[2].write_slice(k, std_map(res.samples))
@@ -150,7 +151,8 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "seed": seed,
         "temperature": temperature,
         "batch_size": batch_size,
-        "tile": {"size": sampler.patch, "overlap": sampler.overlap, "skip_air": sampler.skip_air},
+        "tile": {"size": sampler.patch, "overlap": sampler.overlap, "skip_air": sampler.skip_air,
+                 "latents": sampler.tile_latents},
         "parameters": parameters or {},
     }
 

@@ -21,7 +21,11 @@ from .cinn import ConditionalINN
 from .cvae import ConditionalVAE
 from .models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path
 
-AIR_HU = -900.0  # tiles whose f(x) stays below this everywhere are air: left as they are
+AIR_HU = -900.0
+# "shared": sample k uses the same v in every tile (coherent overlaps; the texture may repeat with
+# the tile period); "independent": each tile of each slice has its own v, drawn from
+# (seed, slice, tile, k).
+TILE_LATENTS = ("shared", "independent")  # tiles whose f(x) stays below this everywhere are air: left as they are
 
 
 @dataclass
@@ -31,7 +35,9 @@ class SliceSamples:
     sampled_mask: np.ndarray  # [H, W] bool: pixels covered by sampled (non-air) tiles
 
 
-def latent_draws(n: int, z_dim: int, seed: int, temperature: float = 1.0, offset: int = 0) -> torch.Tensor:
+def latent_draws(
+    n: int, z_dim: int, seed: int, temperature: float = 1.0, offset: int = 0
+) -> torch.Tensor:
     """v for samples offset..offset+n-1: sample k always gets the same draw for a given seed."""
     out = torch.empty(n, z_dim)
     for i in range(n):
@@ -77,6 +83,7 @@ class InvarianceSampler:
         overlap: int | None = None,
         skip_air: bool = True,
         amp: bool | None = None,
+        tile_latents: str = "shared",
     ) -> None:
         self.device = torch.device(device)
         self.denoiser = denoiser.to(self.device)
@@ -87,6 +94,9 @@ class InvarianceSampler:
         if not 0 <= self.overlap < self.patch:
             raise ValueError(f"overlap must be in [0, {self.patch - 1}]")
         self.skip_air = skip_air
+        if tile_latents not in TILE_LATENTS:
+            raise ValueError(f"tile_latents must be one of {TILE_LATENTS}")
+        self.tile_latents = tile_latents
         self.amp = (self.device.type == "cuda") if amp is None else amp
         self.cards: dict = {}
 
@@ -122,8 +132,12 @@ class InvarianceSampler:
         seed: int = 0,
         batch_size: int = 64,
         denoised_hu: np.ndarray | None = None,
+        slice_index: int = 0,
     ) -> SliceSamples:
-        """K samples of one slice ``x_hu`` [H, W] (HU). Returns samples and f(x) in HU."""
+        """K samples of one slice ``x_hu`` [H, W] (HU). Returns samples and f(x) in HU.
+
+        ``slice_index`` (the slice's index in its volume) only matters with independent tile latents.
+        """
         x = np.asarray(x_hu.detach().cpu() if torch.is_tensor(x_hu) else x_hu, dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"expected one 2-D slice, got shape {x.shape}")
@@ -159,11 +173,19 @@ class InvarianceSampler:
             if (r, c) not in active_set:
                 acc[:, r : r + p, c : c + p] += wt_cache[(r, c)] * xp[r : r + p, c : c + p]
         jobs = [(t, k) for t in active for k in range(n_samples)]
+        if self.tile_latents == "shared":
+            v_jobs = v[[k for _, k in jobs]] if jobs else v[:0]
+        else:
+            per_tile = {
+                t: latent_draws(n_samples, self.cvae.z_dim, _tile_seed(seed, slice_index, t), temperature)
+                for t in active
+            }
+            v_jobs = torch.stack([per_tile[t][k] for t, k in jobs]).to(self.device) if jobs else v[:0]
         start = 0
         while start < len(jobs):
             chunk = jobs[start : start + batch_size]
             try:
-                out = self._decode_jobs(chunk, fx_t, v)
+                out = self._decode_jobs(chunk, fx_t, v_jobs[start : start + len(chunk)])
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -179,23 +201,17 @@ class InvarianceSampler:
         self.last_batch_size = batch_size
         return SliceSamples(samples=samples, denoised=fx, sampled_mask=mask[:h, :w])
 
-    def _decode_jobs(self, jobs, fx_t: torch.Tensor, v: torch.Tensor) -> np.ndarray:
+    def _decode_jobs(self, jobs, fx_t: torch.Tensor, vv: torch.Tensor) -> np.ndarray:
         p = self.patch
         cond = torch.stack([fx_t[r : r + p, c : c + p] for (r, c), _ in jobs])[:, None]
-        vv = v[[k for _, k in jobs]]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = vv if self.cinn is None else self.cinn.reverse(vv, cond)
             xt = self.cvae.decode(z, cond)
         return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
 
-    # --- patches (metrics, tests) ------------------------------------------------------------
-    @torch.inference_mode()
-    def sample_patches(self, x_norm: torch.Tensor, fx_norm: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Decode one sample per patch (normalised units in and out): x~ = D(t^-1(v | f(x)), f(x))."""
-        x_norm = x_norm.to(self.device)
-        fx_norm = fx_norm.to(self.device)
-        z = v.to(self.device) if self.cinn is None else self.cinn.reverse(v.to(self.device), fx_norm)
-        return self.cvae.decode(z, fx_norm)
+
+def _tile_seed(seed: int, slice_index: int, tile: tuple[int, int]) -> int:
+    return (int(seed) * 7_368_787 + int(slice_index) * 1_000_033 + tile[0] * 4099 + tile[1]) % (2**62)
 
 
 def _check_cinn_matches(cinn_card: dict, den: Denoiser, cvae_card: dict) -> None:
