@@ -21,11 +21,11 @@ from .cinn import ConditionalINN
 from .cvae import ConditionalVAE
 from .models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path
 
-AIR_HU = -900.0
+AIR_HU = -900.0  # tiles whose f(x) stays below this everywhere are air: left as they are
 # "shared": sample k uses the same v in every tile (coherent overlaps; the texture may repeat with
 # the tile period); "independent": each tile of each slice has its own v, drawn from
 # (seed, slice, tile, k).
-TILE_LATENTS = ("shared", "independent")  # tiles whose f(x) stays below this everywhere are air: left as they are
+TILE_LATENTS = ("shared", "independent")
 
 
 @dataclass
