@@ -38,24 +38,14 @@ def tiny_models(tmp_path_factory) -> Path:
     return folder
 
 
+def _sample(ct_small, models, out, *extra):
+    return run("sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(models), "--samples", "3",
+               "--seed", "4", "--out", str(out), "--device", "cpu", *extra)
+
+
 def test_sample_writes_the_run_folder(tiny_models, ct_small, tmp_path):
     out = tmp_path / "run"
-    proc = run(
-        "sample",
-        str(ct_small),
-        "--denoiser",
-        "cnn10",
-        "--cvae",
-        str(tiny_models),
-        "--samples",
-        "3",
-        "--seed",
-        "4",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    )
+    proc = _sample(ct_small, tiny_models, out)
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "ratio" in proc.stdout
     data, header = nrrd.read(str(out / "samples.seq.nrrd"))
@@ -63,74 +53,27 @@ def test_sample_writes_the_run_folder(tiny_models, ct_small, tmp_path):
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["seed"] == 4 and run_json["cinn"]["sha256"]
     assert json.loads((out / "metrics.json").read_text())["n_slices"] == 1
-    again = run(
-        "sample",
-        str(ct_small),
-        "--denoiser",
-        "cnn10",
-        "--cvae",
-        str(tiny_models),
-        "--samples",
-        "3",
-        "--seed",
-        "4",
-        "--out",
-        str(tmp_path / "run2"),
-        "--device",
-        "cpu",
-    )
+    again = _sample(ct_small, tiny_models, tmp_path / "run2")
     assert again.returncode == 0
     assert (out / "samples.seq.nrrd").read_bytes() == (tmp_path / "run2" / "samples.seq.nrrd").read_bytes()
 
 
 def test_sample_from_the_prior_needs_no_cinn(tiny_models, ct_small, tmp_path):
-    proc = run(
-        "sample",
-        str(ct_small),
-        "--denoiser",
-        "redcnn",
-        "--cvae",
-        str(tiny_models),
-        "--prior",
-        "--samples",
-        "2",
-        "--out",
-        str(tmp_path / "p"),
-        "--device",
-        "cpu",
-        "--no-check",
-    )
+    proc = _sample(ct_small, tiny_models, tmp_path / "p", "--prior", "--denoiser", "redcnn", "--no-check")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "p" / "run.json").read_text())["cinn"] is None
 
 
 def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp_path):
     out = tmp_path / "e"
-    proc = run("sample", str(ct_small), "--denoiser", "redcnn", "--cvae", str(tiny_models), "--out", str(out))
+    proc = _sample(ct_small, tiny_models, out, "--denoiser", "redcnn")
     assert_one_line_error(proc, "cinn-redcnn.safetensors", "not found")
     assert not out.exists()
-    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--samples", "0", "--out", str(out))
-    assert_one_line_error(proc, "--samples 0")
-    proc = run(
-        "sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(tmp_path / "nope"), "--out", str(out)
-    )
-    assert_one_line_error(proc, "cVAE weights not found")
-    ok = run(
-        "sample",
-        str(ct_small),
-        "--denoiser",
-        "cnn10",
-        "--cvae",
-        str(tiny_models),
-        "--samples",
-        "1",
-        "--out",
-        str(out),
-        "--no-check",
-    )
+    assert_one_line_error(_sample(ct_small, tiny_models, out, "--samples", "0"), "--samples 0")
+    assert_one_line_error(_sample(ct_small, tmp_path / "nope", out), "cVAE weights not found")
+    ok = _sample(ct_small, tiny_models, out, "--samples", "1", "--no-check")
     assert ok.returncode == 0, ok.stderr
-    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(tiny_models), "--out", str(out))
-    assert_one_line_error(proc, "already holds")
+    assert_one_line_error(_sample(ct_small, tiny_models, out), "already holds")
 
 
 def test_import_published_errors_name_the_folder(tmp_path):
@@ -149,16 +92,6 @@ def test_models_list_shows_bundled_models():
 
 
 def test_train_cinn_refuses_a_missing_cvae(tmp_path):
-    proc = run(
-        "train",
-        "cinn",
-        "--denoiser",
-        "cnn10",
-        "--cvae",
-        str(tmp_path / "none"),
-        "--out",
-        str(tmp_path / "o"),
-        "--device",
-        "cpu",
-    )
+    proc = run("train", "cinn", "--denoiser", "cnn10", "--cvae", str(tmp_path / "none"),
+               "--out", str(tmp_path / "o"), "--device", "cpu")
     assert_one_line_error(proc, "cVAE weights not found")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_fixtures import TINY_CINN, TINY_CVAE
 
 from CTInvariancesLib.errors import WeightsError
 from CTInvariancesLib.invariance.cinn import CINNConfig, ConditionalINN
@@ -21,22 +22,6 @@ from CTInvariancesLib.invariance.models import (
 )
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-TINY_CVAE = CVAEConfig(
-    patch=32,
-    z_dim=32,
-    encoder_width=8,
-    encoder_blocks=(1, 1),
-    decoder_chn=8,
-    z_chunk=4,
-    class_dim=32,
-    class_emb=8,
-    name="tiny",
-)
-TINY_CINN = CINNConfig(
-    z_dim=32, hidden=32, hidden_depth=1, n_flows=4, cond_size=32, n_down=3, embedder_width=8, name="tiny"
-)
-
 
 def _reference(name: str) -> dict:
     import os

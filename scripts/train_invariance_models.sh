@@ -11,7 +11,7 @@ CLI=.venv/bin/ctinvariances
 RUNS=${RUNS:-runs/invariance}
 DEVICE=${DEVICE:-cpu}
 CVAE_STEPS=${CVAE_STEPS:-6000}
-CINN_STEPS=${CINN_STEPS:-3000}
+CINN_STEPS=${CINN_STEPS:-2000}
 mkdir -p "$RUNS"
 
 # Stage 1 (KL weight 0.01) learns to decode from f(x); stage 2 lowers the KL weight to 1e-3 so that

@@ -365,7 +365,6 @@ def cmd_train(args) -> int:
 
 def _train_cvae(args) -> int:
     from ..denoisers import DENOISER_NAMES
-    from ..training import distributed
     from ..training.invariance import CVAETrainer, CVAETrainingConfig
 
     cfg = CVAETrainingConfig(
@@ -375,9 +374,16 @@ def _train_cvae(args) -> int:
         dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
         checkpoint_every=args.checkpoint_every, device=args.device,
     )
-    ctx = distributed.setup(args.device)
+    return _run_trainer(CVAETrainer, cfg, args.device, stop_at=args.stop_at)
+
+
+def _run_trainer(trainer_cls, cfg, device: str, stop_at: int | None = None) -> int:
+    """One process, or one rank under torchrun; rank 0 exports and reports."""
+    from ..training import distributed
+
+    ctx = distributed.setup(device)
     try:
-        path = CVAETrainer(cfg, ctx).run(progress=sys.stderr.isatty(), stop_at=args.stop_at)
+        path = trainer_cls(cfg, ctx).run(progress=sys.stderr.isatty(), stop_at=stop_at)
     finally:
         distributed.teardown(ctx)
     if path:
@@ -386,7 +392,6 @@ def _train_cvae(args) -> int:
 
 
 def _train_cinn(args) -> int:
-    from ..training import distributed
     from ..training.invariance import CINNTrainer, CINNTrainingConfig
 
     cfg = CINNTrainingConfig(
@@ -395,14 +400,7 @@ def _train_cinn(args) -> int:
         batch_size=args.batch_size, lr=args.lr, dose_fraction=args.dose, realisations=args.realisations,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
     )
-    ctx = distributed.setup(args.device)
-    try:
-        path = CINNTrainer(cfg, ctx).run(progress=sys.stderr.isatty())
-    finally:
-        distributed.teardown(ctx)
-    if path:
-        print(f"wrote {path}")
-    return 0
+    return _run_trainer(CINNTrainer, cfg, args.device)
 
 
 def cmd_sample(args) -> int:

@@ -97,15 +97,7 @@ def resolve_cvae_path(spec: str | Path | None) -> Path:
 def load_cvae(
     spec: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ConditionalVAE, dict]:
-    path = resolve_cvae_path(spec)
-    if not path.is_file():
-        raise WeightsError("cVAE weights not found (train one with `ctinvariances train cvae`)", path)
-    state, card = load_safetensors_checked(path)
-    if card.get("kind") != "cvae":
-        raise WeightsError(f"not a cVAE model card (kind = {card.get('kind')!r})", path)
-    model = ConditionalVAE(CVAEConfig.from_dict(card["config"]))
-    _load_strict(model, state, path)
-    return model.to(device).eval(), card
+    return _load_engine_model(resolve_cvae_path(spec), "cvae", device)
 
 
 def resolve_cinn_path(spec: str | Path | None, denoiser_name: str, cvae_path: Path) -> Path:
@@ -117,13 +109,20 @@ def resolve_cinn_path(spec: str | Path | None, denoiser_name: str, cvae_path: Pa
 
 
 def load_cinn(path: str | Path, device: str | torch.device = "cpu") -> tuple[ConditionalINN, dict]:
-    path = Path(path)
+    return _load_engine_model(Path(path), "cinn", device)
+
+
+def _load_engine_model(path: Path, kind: str, device):
+    label = {"cvae": "cVAE", "cinn": "cINN"}[kind]
     if not path.is_file():
-        raise WeightsError("cINN weights not found (train one with `ctinvariances train cinn`)", path)
+        raise WeightsError(f"{label} weights not found (train one with `ctinvariances train {kind}`)", path)
     state, card = load_safetensors_checked(path)
-    if card.get("kind") != "cinn":
-        raise WeightsError(f"not a cINN model card (kind = {card.get('kind')!r})", path)
-    model = ConditionalINN(CINNConfig.from_dict(card["config"]), seed=None)
+    if card.get("kind") != kind:
+        raise WeightsError(f"not a {label} model card (kind = {card.get('kind')!r})", path)
+    if kind == "cvae":
+        model = ConditionalVAE(CVAEConfig.from_dict(card["config"]))
+    else:
+        model = ConditionalINN(CINNConfig.from_dict(card["config"]), seed=None)
     _load_strict(model, state, path)
     return model.to(device).eval(), card
 

@@ -141,6 +141,90 @@ def _state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def conditioned_data(cfg, denoisers: list[Denoiser], patch: int, rank: int) -> tuple[PatchSampler, int]:
+    """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
+    slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
+    tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
+    fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
+    return conditioned_sampler(slices["ld"], fx, patch, cfg.seed + 7919 * rank), len(slices["ld"])
+
+
+class _Checkpointed:
+    """Checkpoint save/resume shared by the trainers: ``_stateful()`` names what is saved."""
+
+    out: Path
+    ctx: ddp.DistContext
+    device: torch.device
+    cfg: object
+    step: int
+    elapsed: float
+
+    def _stateful(self) -> dict:
+        raise NotImplementedError
+
+    def _ckpt(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def save_checkpoint(self, sampler) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {k: m.state_dict() for k, m in self._stateful().items()}
+        state.update(step=self.step, elapsed=self.elapsed, sampler=json.dumps(sampler.state()),
+                     torch_rng=torch.get_rng_state(), config=json.dumps(asdict(self.cfg)),
+                     **self._extra_state())
+        _atomic_save(state, self._ckpt())
+
+    def try_resume(self, sampler) -> bool:
+        if not self._ckpt().exists():
+            return False
+        state = torch.load(self._ckpt(), map_location=self.device, weights_only=True)
+        for k, m in self._stateful().items():
+            m.load_state_dict(state[k])
+        if self.ctx.is_main:  # other ranks keep their own patch streams
+            sampler.set_state(json.loads(state["sampler"]))
+            torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self._resumed(state)
+        return True
+
+    def _resumed(self, state: dict) -> None:
+        pass
+
+    def _ddp_wrap(self) -> None:
+        if self.ctx.enabled:
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    def _steps(self, sampler, desc: str, progress: bool, stop_at: int | None, step_fn) -> bool:
+        """Run ``step_fn(sampler) -> losses`` up to cfg.steps (or ``stop_at``) with checkpoints and the
+        log; True when training is complete and this process should export."""
+        cfg = self.cfg
+        loop = _Loop(self.out, self.ctx, cfg.steps, desc, progress, cfg.checkpoint_every)
+        loop.bar.n = self.step
+        t0, base = time.perf_counter(), self.elapsed
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while self.step < end:
+            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)  # late decay
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            losses = step_fn(sampler)
+            self.step += 1
+            loop.update(self.step, losses)
+            if loop.due(self.step, end):
+                self.elapsed = base + time.perf_counter() - t0
+                loop.log(self.step, self.elapsed)
+                self.save_checkpoint(sampler)
+        loop.close()
+        ddp.broadcast_buffers(self.model, self.ctx)
+        if self.ctx.enabled:
+            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
+        return self.step >= cfg.steps and self.ctx.is_main
+
+
 class _Loop:
     """Checkpointed step loop with a progress bar and a JSON-lines log (rank 0 writes)."""
 
@@ -211,7 +295,7 @@ class CVAETrainingConfig:
     model_config: CVAEConfig | None = None  # overrides ``size`` (custom sizes, tests)
 
 
-class CVAETrainer:
+class CVAETrainer(_Checkpointed):
     """``source``: an object with ``batch(n) -> (x, f(x))`` (normalised, [n, 1, P, P]) and
     ``state()`` / ``set_state()``, replacing the CT data (synthetic data in tests)."""
 
@@ -236,59 +320,27 @@ class CVAETrainer:
         self.ddp_model: nn.Module = self.model
         self.history: list[dict] = []  # one entry per invocation of run(): steps and loss weights
 
-    def _ckpt(self) -> Path:
-        return self.out / "checkpoint.pt"
-
     def _prepare_data(self) -> PatchSampler:
-        cfg = self.cfg
         if self.source is not None:
             self.n_slices = 0
             return self.source
-        slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
-        tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
-        self.denoisers = [load_denoiser(d, device=self.device) for d in cfg.denoisers]
-        fx = [denoise_cached(d, slices["ld"], tag) for d in self.denoisers]
-        self.n_slices = len(slices["ld"])
-        # every rank draws different patches
-        return conditioned_sampler(slices["ld"], fx, self.model_cfg.patch, cfg.seed + 7919 * self.ctx.rank)
+        self.denoisers = [load_denoiser(d, device=self.device) for d in self.cfg.denoisers]
+        patch = self.model_cfg.patch
+        sampler, self.n_slices = conditioned_data(self.cfg, self.denoisers, patch, self.ctx.rank)
+        return sampler
 
-    def save_checkpoint(self, sampler: PatchSampler) -> None:
-        if not self.ctx.is_main:
-            return
-        _atomic_save(
-            {
-                "step": self.step,
-                "elapsed": self.elapsed,
-                "model": self.model.state_dict(),
-                "critic": self.critic.state_dict(),
-                "opt": self.opt.state_dict(),
-                "copt": self.copt.state_dict(),
-                "sampler": json.dumps(sampler.state()),
-                "torch_rng": torch.get_rng_state(),
-                "config": json.dumps(asdict(self.cfg)),
-                "history": json.dumps(self.history + [self._stage()]),
-            },
-            self._ckpt(),
-        )
+    def _stateful(self) -> dict:
+        return {"model": self.model, "critic": self.critic, "opt": self.opt, "copt": self.copt}
 
-    def try_resume(self, sampler: PatchSampler) -> bool:
-        if not self._ckpt().exists():
-            return False
-        state = torch.load(self._ckpt(), map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.critic.load_state_dict(state["critic"])
-        self.opt.load_state_dict(state["opt"])
-        self.copt.load_state_dict(state["copt"])
-        if self.ctx.is_main:  # other ranks keep their own patch streams
-            sampler.set_state(json.loads(state["sampler"]))
-            torch.set_rng_state(state["torch_rng"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+    def _extra_state(self) -> dict:
+        return {"history": json.dumps(self.history + [self._stage()])}
+
+    def _resumed(self, state: dict) -> None:
         if "history" in state:
             self.history = json.loads(state["history"])
         else:  # checkpoints written before the history was kept: one stage, its stored config
             old = json.loads(state["config"])
             self.history = [dict(_stage_of(old), from_step=0, to_step=self.step)]
-        return True
 
     def _stage(self) -> dict:
         return dict(_stage_of(asdict(self.cfg)), from_step=self._stage_start, to_step=self.step)
@@ -346,35 +398,11 @@ class CVAETrainer:
         if not self.try_resume(sampler):
             self._initialise(sampler)
         self._stage_start = self.step
-        if self.ctx.enabled:
-            self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        loop = _Loop(
-            self.out, self.ctx, cfg.steps, f"train cvae ({cfg.size})", progress, cfg.checkpoint_every
-        )
-        loop.bar.n = self.step
+        self._ddp_wrap()
         self.model.train()
         self.critic.train()
-        t0, base = time.perf_counter(), self.elapsed
-        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        while self.step < end:
-            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            x, fx = self._batch(sampler)
-            losses = self._train_step(x, fx)
-            self.step += 1
-            loop.update(self.step, losses)
-            if loop.due(self.step, end):
-                self.elapsed = base + time.perf_counter() - t0
-                loop.log(self.step, self.elapsed)
-                self.save_checkpoint(sampler)
-        loop.close()
-        ddp.broadcast_buffers(self.model, self.ctx)
-        if self.ctx.enabled:
-            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
-        if self.step < cfg.steps or not self.ctx.is_main:
+        if not self._steps(sampler, f"train cvae ({cfg.size})", progress, stop_at,
+                           lambda smp: self._train_step(*self._batch(smp))):
             return None
         return self.export()
 
@@ -444,7 +472,7 @@ class CINNTrainingConfig:
     model_config: CINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
-class CINNTrainer:
+class CINNTrainer(_Checkpointed):
     """``denoiser`` may be a loaded :class:`Denoiser` instead of ``cfg.denoiser``; ``source`` as
     for :class:`CVAETrainer`."""
 
@@ -480,52 +508,31 @@ class CINNTrainer:
         )
         self.ddp_model: nn.Module = self.model
 
-    def _ckpt(self) -> Path:
-        return self.out / "checkpoint.pt"
-
     def _prepare_data(self) -> PatchSampler:
-        cfg = self.cfg
         if self.source is not None:
             self.n_slices = 0
             return self.source
-        slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
-        tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
-        fx = denoise_cached(self.denoiser, slices["ld"], tag)
-        self.n_slices = len(slices["ld"])
-        return conditioned_sampler(slices["ld"], [fx], self.cvae.patch, cfg.seed + 7919 * self.ctx.rank)
+        sampler, self.n_slices = conditioned_data(self.cfg, [self.denoiser], self.cvae.patch, self.ctx.rank)
+        return sampler
+
+    def _stateful(self) -> dict:
+        return {"model": self.model, "opt": self.opt}
+
+    def _nll_step(self, sampler) -> dict[str, float]:
+        z, fx = self._latents(sampler)
+        v, logdet = self.ddp_model(z, fx)
+        nll = 0.5 * (v**2).mean() - logdet.mean() / v.shape[1]
+        self.opt.zero_grad(set_to_none=True)
+        nll.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.opt.step()
+        return _scalars(nll=nll, v_std=v.detach().std())
 
     @torch.no_grad()
     def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
         x, fx = sampler.batch(self.cfg.batch_size)
         x, fx = x.to(self.device), fx.to(self.device)
         return self.cvae.encode(x, fx).sample(), fx
-
-    def save_checkpoint(self, sampler: PatchSampler) -> None:
-        if self.ctx.is_main:
-            _atomic_save(
-                {
-                    "step": self.step,
-                    "elapsed": self.elapsed,
-                    "model": self.model.state_dict(),
-                    "opt": self.opt.state_dict(),
-                    "sampler": json.dumps(sampler.state()),
-                    "torch_rng": torch.get_rng_state(),
-                    "config": json.dumps(asdict(self.cfg)),
-                },
-                self._ckpt(),
-            )
-
-    def try_resume(self, sampler: PatchSampler) -> bool:
-        if not self._ckpt().exists():
-            return False
-        state = torch.load(self._ckpt(), map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        if self.ctx.is_main:
-            sampler.set_state(json.loads(state["sampler"]))
-            torch.set_rng_state(state["torch_rng"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        return True
 
     def run(self, progress: bool = True, stop_at: int | None = None) -> Path | None:
         cfg = self.cfg
@@ -536,44 +543,9 @@ class CINNTrainer:
             with torch.no_grad():
                 self.model(z, fx)  # data-dependent ActNorm initialisation
             ddp.broadcast_module(self.model, self.ctx)
-        if self.ctx.enabled:
-            self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        loop = _Loop(
-            self.out,
-            self.ctx,
-            cfg.steps,
-            f"train cinn ({self.denoiser.name})",
-            progress,
-            cfg.checkpoint_every,
-        )
-        loop.bar.n = self.step
+        self._ddp_wrap()
         self.model.train()
-        t0, base = time.perf_counter(), self.elapsed
-        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        while self.step < end:
-            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            z, fx = self._latents(sampler)
-            v, logdet = self.ddp_model(z, fx)
-            nll = 0.5 * (v**2).mean() - logdet.mean() / v.shape[1]
-            self.opt.zero_grad(set_to_none=True)
-            nll.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-            self.opt.step()
-            self.step += 1
-            loop.update(self.step, _scalars(nll=nll, v_std=v.detach().std()))
-            if loop.due(self.step, end):
-                self.elapsed = base + time.perf_counter() - t0
-                loop.log(self.step, self.elapsed)
-                self.save_checkpoint(sampler)
-        loop.close()
-        ddp.broadcast_buffers(self.model, self.ctx)
-        if self.ctx.enabled:
-            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
-        if self.step < cfg.steps or not self.ctx.is_main:
+        if not self._steps(sampler, f"train cinn ({self.denoiser.name})", progress, stop_at, self._nll_step):
             return None
         self.model.eval()
         training = {
