@@ -32,6 +32,10 @@ class CVAEConfig:
     cond_ch: int = 1  # channels of the denoiser output used as condition
     in_ch: int = 2  # encoder input: [x, f(x)]
     out_ch: int = 1
+    # compact only: the decoder's output is added to f(x) (x^ = f(x) + D(z, f(x))), so it starts
+    # from the denoiser output and learns what f removed; no parameter changes. The paper's decoder
+    # (False) must stay as published so that published checkpoints decode the same.
+    residual: bool = False
     name: str = field(default="paper", compare=False)
 
     @staticmethod
@@ -49,6 +53,7 @@ class CVAEConfig:
             z_chunk=8,
             class_dim=128,
             class_emb=32,
+            residual=True,
             name="compact",
         )
 
@@ -239,6 +244,7 @@ class Generator(nn.Module):
         self.attention = SelfAttention(mult_in[-1] * chn)
         self.ScaledCrossReplicaBN = ActNorm(chn)
         self.colorize = nn.Conv2d(chn + cc, cfg.out_ch, 3, padding=1)
+        self.residual = cfg.residual
 
     def forward(self, z: torch.Tensor, class_vec: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         codes = torch.split(z, self.split_at, 1)
@@ -252,7 +258,8 @@ class Generator(nn.Module):
             h = torch.cat([h, F.interpolate(fx, scale_factor=1 / 2 ** (n - i))], 1)
             h = block(h, cond)
         h = self.ScaledCrossReplicaBN(h)
-        return self.colorize(torch.cat([h, fx], 1))
+        out = self.colorize(torch.cat([h, fx], 1))
+        return out + fx if self.residual else out
 
 
 class ClassUp(nn.Module):
