@@ -20,3 +20,7 @@ class InputError(CTInvariancesError):
 
 class WeightsError(CTInvariancesError):
     """A model weight file is missing, corrupt or does not match its checksum."""
+
+
+class Cancelled(Exception):
+    """A long run was stopped by its caller (``should_stop()`` returned True)."""

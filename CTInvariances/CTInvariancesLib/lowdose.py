@@ -151,41 +151,46 @@ def fbp(
     geometry: FanBeamGeometry,
     views_per_chunk: int = 8,
 ) -> torch.Tensor:
-    """Fan-beam FBP (equiangular, full 2*pi scan) of a views x channels sinogram onto ``shape``."""
-    V, C = sinogram.shape
-    device = sinogram.device
+    """Fan-beam FBP (equiangular, full 2*pi scan) of a views x channels sinogram onto ``shape``.
+
+    A stack [N, views, channels] is reconstructed at once ([N, H, W]): the ray geometry, the costly
+    part, is computed once for all N.
+    """
+    batched = sinogram.ndim == 3
+    sino = sinogram if batched else sinogram[None]
+    N, V, C = sino.shape
+    device = sino.device
     D = geometry.source_to_isocenter_mm
     gammas = geometry.gammas().to(device)
     betas = geometry.betas(V).to(device)
     kernel_f, n_fft = _filter_kernel(geometry, device)
-    weighted = sinogram.double() * D * torch.cos(gammas)[None, :]
-    q = torch.fft.irfft(torch.fft.rfft(weighted, n=n_fft, dim=1) * kernel_f, n=n_fft, dim=1)[:, :C]
-    q = q.float().contiguous()
+    weighted = sino.double() * D * torch.cos(gammas)[None, None, :]
+    q = torch.fft.irfft(torch.fft.rfft(weighted, n=n_fft, dim=2) * kernel_f, n=n_fft, dim=2)[..., :C]
+    q = q.float().reshape(N, V * C).T.contiguous()  # [V*C, N]: one row gather serves all N
     H, W = shape
     sy, sx = pixel_mm
     xs = (torch.arange(W, device=device, dtype=torch.float32) - (W - 1) / 2) * sx
     ys = (torch.arange(H, device=device, dtype=torch.float32) - (H - 1) / 2) * sy
     y, x = torch.meshgrid(ys, xs, indexing="ij")
-    xy = torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)  # N x 2
-    out = torch.zeros(H * W, dtype=torch.float32, device=device)
+    xy = torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)  # P x 2
+    P = H * W
+    out = torch.zeros(P, N, dtype=torch.float32, device=device)
     g0, dg = float(gammas[0]), geometry.channel_spacing_rad
     for vb in torch.arange(V, device=device).split(views_per_chunk):
         b = betas[vb].float()
         cs = torch.stack([torch.cos(b), torch.sin(b)])  # 2 x B
         sc = torch.stack([torch.sin(b), -torch.cos(b)])
-        dot = D - xy @ cs  # distance along the central ray, N x B
+        dot = D - xy @ cs  # distance along the central ray, P x B
         cross = xy @ sc
         idx = (torch.atan2(cross, dot) - g0) / dg
         i0 = idx.floor().clamp(0, C - 2)
-        frac = (idx - i0).clamp(0, 1)
-        inside = (idx >= 0) & (idx <= C - 1)
-        rows = q[vb]  # B x C
-        flat = (i0.long() + (torch.arange(len(vb), device=device) * C)[None, :]).reshape(-1)
-        qf = rows.reshape(-1)
-        v0, v1 = qf[flat].reshape(idx.shape), qf[flat + 1].reshape(idx.shape)
-        val = (v0 + frac * (v1 - v0)) * inside
-        out += (val / (dot * dot + cross * cross)).sum(1)
-    return (out * (2 * math.pi / V)).reshape(H, W)
+        frac = (idx - i0).clamp(0, 1).reshape(-1, 1)
+        weight = (((idx >= 0) & (idx <= C - 1)) / (dot * dot + cross * cross)).reshape(-1, 1)
+        flat = (i0.long() + (vb * C)[None, :]).reshape(-1)
+        val = torch.lerp(q.index_select(0, flat), q.index_select(0, flat + 1), frac) * weight
+        out += val.view(P, len(vb), N).sum(1)
+    out = (out * (2 * math.pi / V)).T.reshape(N, H, W)
+    return out if batched else out[0]
 
 
 def line_integrals(
@@ -328,6 +333,36 @@ class LowDoseSimulator:
         return self._noise_image(
             p, hu.shape, pixel_mm, self.settings.dose_fraction, i0, seed
         ).cpu().numpy()
+
+    def noise_like(
+        self,
+        slice_hu: np.ndarray,
+        pixel_mm: tuple[float, float],
+        noise_std_hu: float,
+        seeds: list[int],
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Fresh noise images [N, H, W] (HU) for the anatomy ``slice_hu``, scaled so that their noise
+        (the robust estimator, in ``mask``) is ``noise_std_hu``.
+
+        The photon statistics follow the anatomy's line integrals (streaks and higher noise behind
+        thick or dense structures), the texture is the simulator's FBP texture. All N are
+        reconstructed at once.
+        """
+        hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
+        p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
+        sinos = torch.stack([
+            noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, torch.Generator().manual_seed(int(sd)))
+            for sd in seeds
+        ])
+        noise = mu_to_hu_delta(fbp(sinos.to(self.device), hu.shape, pixel_mm, self.settings.geometry))
+        noise = noise.cpu().numpy().astype(np.float32)
+        if mask is None:
+            mask = flat_soft_tissue_mask(np.asarray(slice_hu))
+        measured = float(np.median([estimate_noise_hu(n, mask) for n in noise[: min(4, len(noise))]]))
+        if not measured > 0:
+            raise ValueError("no noise could be measured in this slice (no soft tissue in the field of view)")
+        return noise * np.float32(noise_std_hu / measured)
 
     def _check_fov(self, hu: torch.Tensor, pixel_mm: tuple[float, float]) -> None:
         """Refuse images with anatomy outside the simulated scanner's field of view: no ray sees

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..defaults import CONSISTENCY_METHOD, CONSISTENCY_STEPS
 from ..errors import CTInvariancesError
 
 EXIT_USAGE = 2
@@ -86,8 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
     p.add_argument("--cvae", help="cVAE run folder or .safetensors (default: bundled)")
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
-    p.add_argument("--prior", action="store_true",
-                   help="sample z from the cVAE prior instead of the cINN (what the decoder alone varies)")
+    p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
+                   help="cinn: the learned engine (default when a cINN exists for the denoiser); prior: z "
+                   "from the cVAE prior (what the decoder alone varies); noise: f(x) + fresh noise at x's "
+                   "level, no trained model needed (default otherwise)")
+    p.add_argument("--prior", action="store_true", help="same as --sampler prior")
+    p.add_argument("--consistency", type=int, default=CONSISTENCY_STEPS, metavar="STEPS",
+                   help="consistency steps that make f(x~) = f(x) (default %(default)s; 0: the raw samples, "
+                   "as in the paper)")
+    p.add_argument("--consistency-method", choices=("gd", "cg"), default=CONSISTENCY_METHOD,
+                   help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate "
+                   "gradients")
+    p.add_argument("--keep-raw", action="store_true",
+                   help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (halved on out-of-memory)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: patch / 8)")
     p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
@@ -405,8 +417,10 @@ def _train_cinn(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..invariance.pipeline import sample_volume
-    from ..invariance.sampler import InvarianceSampler
+    from ..invariance.sampler import InvarianceSampler, NoiseSampler
 
+    if args.consistency < 0:
+        raise CTInvariancesError(f"--consistency {args.consistency}: must be 0 or more")
     if args.samples < 1:
         raise CTInvariancesError(f"--samples {args.samples}: need at least 1")
     if args.temperature <= 0:
@@ -418,22 +432,48 @@ def cmd_sample(args) -> int:
     kw = {"skip_air": not args.no_skip_air, "tile_latents": args.tile_latents}
     if args.overlap is not None:
         kw["overlap"] = args.overlap
-    sampler = InvarianceSampler.load(den, cvae=args.cvae, cinn=args.cinn, device=device,
-                                     use_cinn=not args.prior, **kw)
+    kind = "prior" if args.prior else args.sampler
+    if kind is None:
+        kind = "cinn" if _has_cinn(den, args) else "noise"
+    if kind == "noise":
+        sampler = NoiseSampler(den, device=device)
+    else:
+        sampler = InvarianceSampler.load(den, cvae=args.cvae, cinn=args.cinn, device=device,
+                                         use_cinn=kind == "cinn", **kw)
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
-    with _progress(vol.shape[0], f"sample {den.name}") as bar:
+    with _progress(vol.shape[0], f"sample {den.name} ({kind})") as bar:
         metrics = sample_volume(vol, sampler, out, n_samples=args.samples, seed=args.seed,
                                 temperature=args.temperature, batch_size=args.batch_size,
-                                check=not args.no_check, progress=bar.update, parameters=params)
-    msg = (f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, "
-           f"{metrics['seconds']:.1f} s on {device})")
-    if "fidelity" in metrics:
-        fid = metrics["fidelity"]
-        msg += (f"\n  samples differ from the input by {fid['median_rmse_input_hu']:.1f} HU (median RMSE in "
-                f"the body); the denoised samples differ from f(x) by {fid['median_rmse_output_hu']:.1f} HU "
-                f"(ratio {fid['median_ratio']:.3f})")
+                                check=not args.no_check, consistency_steps=args.consistency,
+                                consistency_method=args.consistency_method, keep_raw=args.keep_raw,
+                                progress=bar.update, parameters=params)
+    msg = (f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {kind} sampler, "
+           f"{args.consistency} consistency steps, {metrics['seconds']:.1f} s on {device})")
+    div = metrics.get("diversity")
+    if div:
+        msg += (f"\n  samples vary by {div['std_map_median_hu']:.1f} HU (median std in the body; "
+                f"median pairwise RMSE {div['pairwise_rmse_median_hu']:.1f} HU)")
+    for key, label in (("fidelity_raw", "raw"), ("fidelity", "final")):
+        fid = metrics.get(key)
+        if fid:
+            msg += (f"\n  {label}: samples differ from x by {fid['median_rmse_input_hu']:.1f} HU, f(samples) "
+                    f"from f(x) by {fid['median_rmse_output_hu']:.2f} HU (ratio {fid['median_ratio']:.3f})")
+    if "fresh_noise_ratio" in metrics:
+        msg += f"\n  fresh-noise reference ratio {metrics['fresh_noise_ratio']['median']:.3f}"
     print(msg)
     return 0
+
+
+def _has_cinn(den, args) -> bool:
+    """Whether a cINN for this denoiser is at hand (given, or beside the cVAE)."""
+    from ..invariance.models import resolve_cinn_path, resolve_cvae_path
+
+    if args.cinn:
+        return True
+    try:
+        return Path(resolve_cinn_path(None, den.name, resolve_cvae_path(args.cvae))).exists()
+    except CTInvariancesError:
+        return False
 
 
 def cmd_models(args) -> int:

@@ -74,7 +74,7 @@ def save_cinn(
         "size": model.cfg.name,
         "config": model.cfg.to_dict(),
         "num_parameters": _num_params(model),
-        "denoiser": denoiser.describe() if isinstance(denoiser, Denoiser) else denoiser,
+        "denoiser": denoiser.describe(portable=True) if isinstance(denoiser, Denoiser) else denoiser,
         "cvae": {"file": cvae_card.get("file"), "sha256": cvae_card.get("sha256")},
         "normalization": NORMALIZATION,
         "log_det": "exact (includes the invertible leaky ReLU)",

@@ -35,6 +35,7 @@ from ..denoisers.dugan import UNetCritic, sobel_gradients
 from ..denoisers.redcnn import REDCNN
 from ..weights import save_weights_with_card
 from .data import PatchSampler, make_pairs
+from .distributed import hardware_description
 
 
 @dataclass
@@ -348,8 +349,8 @@ class DenoiserTrainer:
                 "noise-normalised MSE (per-patch MSE / MSE of the low-dose input)",
                 "recipe": __doc__.split("Recipes")[1].strip().split("\n\n")[0] if __doc__ else "",
                 "train_time_s": round(self.elapsed, 1),
-                "hardware": "CPU (2 cores), demo-scale: smaller and shorter than the published "
-                "ldct-benchmark models",
+                "hardware": hardware_description(self.device),
+                "scale": "demo-scale: smaller and shorter than the published ldct-benchmark models",
             },
         }
         return save_weights_with_card(self.model.state_dict(), self.out / f"{cfg.arch}.safetensors", card)

@@ -94,3 +94,20 @@ def mean_scalars(values: dict[str, float], ctx: DistContext) -> dict[str, float]
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return {k: float(v) / ctx.world_size for k, v in zip(keys, t)}
+
+
+def hardware_description(device: torch.device | str, world_size: int = 1) -> str:
+    """What trained a model, for its card: the GPU's name, or the CPU's model and core count."""
+    device = torch.device(device)
+    per = f"{world_size} x " if world_size > 1 else ""
+    if device.type == "cuda":
+        return f"{per}{torch.cuda.get_device_name(device)} (CUDA)"
+    name = "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        import platform
+
+        name = platform.processor() or name
+    return f"{per}{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"

@@ -413,7 +413,7 @@ class CVAETrainer(_Checkpointed):
             "data": _data_description(cfg.data, self.source),
             "n_training_slices": self.n_slices,
             "dose_fraction": cfg.dose_fraction,
-            "conditions": [d.describe() for d in self.denoisers],
+            "conditions": [d.describe(portable=True) for d in self.denoisers],
             "steps": self.step,
             "batch_size": cfg.batch_size,
             "world_size": self.ctx.world_size,
@@ -429,7 +429,7 @@ class CVAETrainer(_Checkpointed):
             "seed": cfg.seed,
             "stages": [h for h in self.history + [self._stage()] if h["to_step"] > h["from_step"]],
             "train_time_s": round(self.elapsed, 1),
-            "hardware": str(self.device),
+            "hardware": ddp.hardware_description(self.device, self.ctx.world_size),
         }
         return save_cvae(self.model, self.out / "cvae.safetensors", training)
 
@@ -561,7 +561,7 @@ class CINNTrainer(_Checkpointed):
             "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det",
             "seed": cfg.seed,
             "train_time_s": round(self.elapsed, 1),
-            "hardware": str(self.device),
+            "hardware": ddp.hardware_description(self.device, self.ctx.world_size),
         }
         return save_cinn(
             self.model,

@@ -1,0 +1,5 @@
+"""Defaults shared by the library, the command line and the Slicer module (imports nothing heavy)."""
+
+# The consistency step (invariance/consistency.py): measured choice, see README ("The consistency step").
+CONSISTENCY_METHOD = "gd"
+CONSISTENCY_STEPS = 20
