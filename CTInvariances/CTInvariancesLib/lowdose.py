@@ -359,10 +359,14 @@ class LowDoseSimulator:
         noise = noise.cpu().numpy().astype(np.float32)
         if mask is None:
             mask = flat_soft_tissue_mask(np.asarray(slice_hu))
-        measured = float(np.median([estimate_noise_hu(n, mask) for n in noise[: min(4, len(noise))]]))
-        if not measured > 0:
-            raise ValueError("no noise could be measured in this slice (no soft tissue in the field of view)")
-        return noise * np.float32(noise_std_hu / measured)
+        # each realisation is scaled on its own, so realisation i does not depend on which others are
+        # drawn with it
+        for n in noise:
+            measured = estimate_noise_hu(n, mask)
+            if not measured > 0:
+                raise ValueError("no noise could be measured in this slice (no soft tissue in the field of view)")
+            n *= np.float32(noise_std_hu / measured)
+        return noise
 
     def _check_fov(self, hu: torch.Tensor, pixel_mm: tuple[float, float]) -> None:
         """Refuse images with anatomy outside the simulated scanner's field of view: no ray sees

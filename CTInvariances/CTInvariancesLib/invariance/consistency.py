@@ -30,8 +30,8 @@ METHODS = ("gd", "cg")
 # measured choice, see README ("The consistency step") and benchmarks/bench_consistency.py
 DEFAULT_METHOD = defaults.CONSISTENCY_METHOD
 DEFAULT_STEPS = defaults.CONSISTENCY_STEPS
-DEFAULT_STEP_SIZE = 1.5  # in HU per HU: the bundled denoisers' Jacobians have gains <= ~1
-DEFAULT_MOMENTUM = 0.5
+DEFAULT_STEP_SIZE = 1.8  # HU per HU; halved per sample whenever its residual grows
+DEFAULT_MOMENTUM = 0.3
 DEFAULT_RESTART = 4  # CG iterations per linearisation
 MARGIN_PX = 24  # beyond the region: covers the receptive field of the bundled denoisers (<= 21 px)
 

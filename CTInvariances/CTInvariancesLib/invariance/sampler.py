@@ -2,7 +2,9 @@
 
 For a slice x (HU): f(x) is computed on the whole slice; the slice is covered by overlapping tiles
 of the models' patch size; in each tile, v ~ N(0, T^2 I) -> z~ = t^-1(v | f(x)_tile) ->
-x~_tile = D(z~, f(x)_tile); tiles are blended with a raised-cosine window over their overlap.
+x~_tile = D(z~, f(x)_tile); tiles are blended with a raised-cosine window over their overlap, the
+tile means with the window and the deviations from them with a variance-preserving window (no seams
+in the std map).
 Sample k uses the same v in every tile and every slice (drawn from ``(seed, k)``), so a sample is
 one coherent draw and results do not depend on which slices are processed together.
 """
@@ -163,8 +165,14 @@ class InvarianceSampler:
         active = [
             t for t in tiles if not self.skip_air or fp[t[0] : t[0] + p, t[1] : t[1] + p].max() > AIR_HU
         ]
-        acc = np.zeros((n_samples, ph, pw), np.float64)
+        # Variance-preserving blend: tile means are blended with weights w (sum 1), deviations from
+        # the tile mean with w / sqrt(sum w^2), so the samples' variance does not dip where tiles
+        # overlap (a plain blend of independent tiles halves it there: the seams of the std map).
+        mean_acc = np.zeros((ph, pw), np.float64)
+        dev_acc = np.zeros((n_samples, ph, pw), np.float64)
         wsum = np.zeros((ph, pw), np.float64)
+        w2sum = np.zeros((ph, pw), np.float64)
+        pending: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         mask = np.zeros((ph, pw), bool)
         v = latent_draws(n_samples, self.cvae.z_dim, seed, temperature).to(self.device)
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)
@@ -176,7 +184,7 @@ class InvarianceSampler:
             )
             wsum[r : r + p, c : c + p] += wt_cache[(r, c)]
             if (r, c) not in active_set:
-                acc[:, r : r + p, c : c + p] += wt_cache[(r, c)] * xp[r : r + p, c : c + p]
+                mean_acc[r : r + p, c : c + p] += wt_cache[(r, c)] * xp[r : r + p, c : c + p]
         jobs = [(t, k) for t in active for k in range(n_samples)]
         if self.tile_latents == "shared":
             v_jobs = v[[k for _, k in jobs]] if jobs else v[:0]
@@ -199,10 +207,20 @@ class InvarianceSampler:
                     torch.cuda.empty_cache()
                 continue
             for ((r, c), k), tile in zip(chunk, out):
-                acc[k, r : r + p, c : c + p] += wt_cache[(r, c)] * tile
-                mask[r : r + p, c : c + p] = True
+                got = pending.setdefault((r, c), {})
+                got[k] = tile
+                if len(got) == n_samples:  # all K samples of this tile: blend it
+                    tiles_k = np.stack([got[i] for i in range(n_samples)]).astype(np.float64)
+                    wt = wt_cache[(r, c)]
+                    mu = tiles_k.mean(0)
+                    mean_acc[r : r + p, c : c + p] += wt * mu
+                    dev_acc[:, r : r + p, c : c + p] += wt * (tiles_k - mu)
+                    w2sum[r : r + p, c : c + p] += wt * wt
+                    mask[r : r + p, c : c + p] = True
+                    del pending[(r, c)]
             start += len(chunk)
-        samples = (acc / wsum).astype(np.float32)[:, :h, :w]
+        samples = mean_acc / wsum + dev_acc / np.sqrt(np.maximum(w2sum, 1e-12))
+        samples = samples.astype(np.float32)[:, :h, :w]
         self.last_batch_size = batch_size
         return SliceSamples(samples=samples, denoised=fx, sampled_mask=mask[:h, :w])
 

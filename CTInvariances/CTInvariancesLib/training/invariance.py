@@ -133,11 +133,14 @@ def _atomic_save(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _state_digest(module: nn.Module) -> str:
+def _state_digest(modules: dict[str, nn.Module]) -> str:
+    """Hash of the trained parameters of every module (model and critic). Buffers are left out: batch
+    statistics legitimately differ per rank until they are broadcast from rank 0."""
     h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    for name, module in sorted(modules.items()):
+        for k, v in sorted(module.named_parameters()):
+            h.update(f"{name}.{k}".encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -219,9 +222,10 @@ class _Checkpointed:
                 loop.log(self.step, self.elapsed)
                 self.save_checkpoint(sampler)
         loop.close()
+        if self.ctx.enabled:  # before the buffers are copied from rank 0: what each rank trained
+            trained = {"model": self.model, **({"critic": self.critic} if hasattr(self, "critic") else {})}
+            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(trained) + "\n")
         ddp.broadcast_buffers(self.model, self.ctx)
-        if self.ctx.enabled:
-            (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(self.model) + "\n")
         return self.step >= cfg.steps and self.ctx.is_main
 
 

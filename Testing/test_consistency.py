@@ -1,0 +1,158 @@
+"""The consistency step and the training-free noise sampler, on denoisers whose invariances are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from CTInvariancesLib.denoisers.loading import Denoiser, load_denoiser
+from CTInvariancesLib.errors import CTInvariancesError
+from CTInvariancesLib.invariance.consistency import consistency_project
+from CTInvariancesLib.invariance.sampler import NoiseSampler
+from CTInvariancesLib.lowdose import estimate_noise_hu
+
+CLIP_HU = 300.0
+PIXEL_MM = (0.8, 0.8)
+
+
+def _phantom(seed: int = 0, size: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """A water disc (40 HU) with two dense inserts (700 HU) plus noise; returns (image, insert mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    c = size / 2
+    img = np.where((yy - c) ** 2 + (xx - c) ** 2 < (0.42 * size) ** 2, 40.0, -1000.0).astype(np.float32)
+    inserts = np.zeros_like(img, bool)
+    for cy, cx in ((c - 25, c - 20), (c + 20, c + 22)):
+        inserts |= (yy - cy) ** 2 + (xx - cx) ** 2 < 12**2
+    img[inserts] = 700.0
+    return img + rng.normal(0, 20, img.shape).astype(np.float32), inserts
+
+
+def _clip(x: torch.Tensor) -> torch.Tensor:
+    """A 'denoiser' that keeps everything but clips at CLIP_HU: it ignores what happens above it."""
+    return x.clamp(max=CLIP_HU)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x * 1.0
+
+
+def _block_average(x: torch.Tensor) -> torch.Tensor:
+    """Linear, with a known null space: zero-mean patterns inside each 2x2 block."""
+    return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2.0)
+
+
+def _std_inside(samples: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.median(samples.std(0)[mask]))
+
+
+def test_noise_sampler_draws_noise_at_the_level_of_x():
+    x, _ = _phantom()
+    sampler = NoiseSampler(Denoiser(_identity, "identity", input_convention="hu"))
+    res = sampler.sample(x, 6, seed=3, pixel_mm=PIXEL_MM)
+    noise = estimate_noise_hu(x)
+    drawn = [estimate_noise_hu(s - res.denoised) for s in res.samples]
+    assert np.median(drawn) == pytest.approx(noise, rel=0.15), (drawn, noise)
+    # samples vary between each other (not only away from x), and reproducibly so
+    assert _std_inside(res.samples, x > -500) >= 0.7 * noise
+    assert np.array_equal(sampler.sample(x, 6, seed=3, pixel_mm=PIXEL_MM).samples, res.samples)
+    again = sampler.sample(x, 3, seed=3, pixel_mm=PIXEL_MM)  # sample k does not depend on K
+    assert np.allclose(again.samples, res.samples[:3], atol=0.05)
+    other = sampler.sample(x, 3, seed=3, pixel_mm=PIXEL_MM, slice_index=1)
+    assert not np.allclose(other.samples, res.samples[:3])
+
+
+def test_identity_denoiser_samples_are_brought_back_to_x():
+    x, _ = _phantom()
+    den = Denoiser(_identity, "identity", input_convention="hu")
+    raw = NoiseSampler(den).sample(x, 4, seed=0, pixel_mm=PIXEL_MM).samples
+    res = consistency_project(den, x, raw)
+    body = x > -500
+    rmse = [float(np.sqrt(np.mean((s - x)[body] ** 2))) for s in res.samples]
+    assert max(rmse) <= 1.0, rmse
+    assert min(res.residual_before_hu) > 10.0  # the raw samples were far from x
+
+
+def test_clipping_denoiser_varies_inside_the_clipped_structures_only():
+    x, inserts = _phantom()
+    den = Denoiser(_clip, "clip", input_convention="hu")
+    raw = NoiseSampler(den).sample(x, 8, seed=1, pixel_mm=PIXEL_MM).samples
+    res = consistency_project(den, x, raw)
+    from scipy import ndimage
+
+    inside = ndimage.binary_erosion(inserts, iterations=2)
+    soft = ndimage.binary_erosion((x > -500) & ~inserts, iterations=6) & ~ndimage.binary_dilation(inserts, iterations=6)
+    ratio = _std_inside(res.samples, inside) / _std_inside(res.samples, soft)
+    assert ratio >= 5.0, ratio
+    assert np.median(res.residual_after_hu) <= 0.05 * np.median(res.residual_before_hu)
+
+
+def test_correction_stays_in_the_range_of_the_jacobian_transpose():
+    """For a linear f, what f ignores (its null space) is left exactly as drawn."""
+    x, _ = _phantom(size=96)
+    den = Denoiser(_block_average, "block-average", input_convention="hu")
+    raw = NoiseSampler(den).sample(x, 3, seed=2, pixel_mm=PIXEL_MM).samples
+    region = np.ones_like(x, bool)
+    res = consistency_project(den, x, raw, region=region)
+    t = torch.from_numpy
+    d = t(res.samples - raw)[:, None]
+    null_part = d - _block_average(d)  # component of the correction in the null space
+    assert float(null_part.abs().max()) <= 1e-3 * float(d.abs().max())
+    after = _block_average(t(res.samples)[:, None]) - _block_average(t(x)[None, None])
+    assert float(after.abs().max()) <= 0.5  # f(x~') = f(x)
+    assert float((t(res.samples - x)[:, None] - _block_average(t(res.samples - x)[:, None])).abs().mean()) > 5
+
+
+def test_zero_steps_returns_the_raw_samples_and_the_input_is_not_modified():
+    x, _ = _phantom(size=64)
+    raw = x[None] + np.float32(3.0)
+    keep = raw.copy()
+    den = Denoiser(_identity, "identity", input_convention="hu")
+    assert np.array_equal(consistency_project(den, x, raw, steps=0).samples, raw)
+    consistency_project(den, x, raw, steps=2)
+    assert np.array_equal(raw, keep)
+
+
+def test_gauss_newton_cg_also_converges_on_a_linear_denoiser():
+    x, _ = _phantom(size=96)
+    den = Denoiser(_block_average, "block-average", input_convention="hu")
+    raw = NoiseSampler(den).sample(x, 2, seed=4, pixel_mm=PIXEL_MM).samples
+    res = consistency_project(den, x, raw, steps=8, method="cg")
+    assert max(res.residual_after_hu) <= 0.05 * min(res.residual_before_hu)
+
+
+def test_a_network_that_cannot_be_differentiated_gets_a_one_line_error():
+    def numpy_denoiser(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.detach().numpy().copy())
+
+    x, _ = _phantom(size=64)
+    den = Denoiser(numpy_denoiser, "numpy-net", input_convention="hu")
+    with pytest.raises(CTInvariancesError, match="--consistency 0") as err:
+        consistency_project(den, x, x[None] + 1, steps=2)
+    assert "numpy-net" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("route", ["torchscript", "export", "callable"])
+def test_every_denoiser_route_is_differentiable(route, tmp_path, monkeypatch):
+    net = load_denoiser("cnn10").module
+    if route == "torchscript":
+        path = tmp_path / "net.ts"
+        torch.jit.script(net).save(str(path))
+        den = load_denoiser(str(path))
+    elif route == "export":
+        path = tmp_path / "net.pt2"
+        h = torch.export.Dim("h", min=16, max=1024)
+        w = torch.export.Dim("w", min=16, max=1024)
+        b = torch.export.Dim("b", min=1, max=64)
+        prog = torch.export.export(net, (torch.zeros(2, 1, 64, 64),), dynamic_shapes=({0: b, 2: h, 3: w},))
+        torch.export.save(prog, str(path))
+        den = load_denoiser(str(path))
+    else:
+        monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+        den = load_denoiser("custom_denoisers:smoother")
+    x, _ = _phantom(size=96)
+    fx = den.denoise_slices(x[None])[0]
+    raw = fx[None] + np.random.default_rng(0).normal(0, 20, (2, *x.shape)).astype(np.float32)
+    res = consistency_project(den, x, raw, steps=6)
+    assert max(res.residual_after_hu) < 0.5 * min(res.residual_before_hu)

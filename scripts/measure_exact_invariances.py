@@ -1,0 +1,198 @@
+"""Measure exact invariances on the held-out slices: fidelity (raw and after the consistency step)
+against the fresh-noise reference, and what remains (diversity), per denoiser and sampler.
+
+    .venv/bin/python scripts/measure_exact_invariances.py [--slices 2 9] [--samples 16]
+        [--readme] [--cards]
+
+For each held-out slice (abdomen k 14-19, head k 20-27; ``--slices`` picks indices into that list),
+two independent 25 % dose realisations x1, x2 are simulated from the full-dose slice. Per denoiser f:
+- fresh-noise ratio RMSE(f(x1), f(x2)) / RMSE(x1, x2) in the body (what f does to new noise);
+- per sampler (noise, cinn): K samples of x = x1, raw and after the default consistency step;
+  median over samples of RMSE(f(x~), f(x)) / RMSE(x~, x); std-map median and median pairwise RMSE
+  in the body; the noise sampler's std relative to the noise std of x.
+Results go to ``benchmarks/results/exact_invariances.json``; ``--readme`` replaces the table between
+the markers in README.md, ``--cards`` stores each denoiser's rows in its bundled cINN card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "CTInvariances"))
+
+from CTInvariancesLib.denoisers import DENOISER_NAMES, load_denoiser  # noqa: E402
+from CTInvariancesLib.evaluation import HOLDOUT_SEED  # noqa: E402
+from CTInvariancesLib.invariance.consistency import (  # noqa: E402
+    DEFAULT_METHOD,
+    DEFAULT_STEPS,
+    consistency_project,
+)
+from CTInvariancesLib.invariance.models import bundled_dir  # noqa: E402
+from CTInvariancesLib.invariance.pipeline import diversity, slice_check  # noqa: E402
+from CTInvariancesLib.invariance.sampler import InvarianceSampler, NoiseSampler  # noqa: E402
+from CTInvariancesLib.lowdose import estimate_noise_hu  # noqa: E402
+from CTInvariancesLib.metrics import body_mask  # noqa: E402
+from CTInvariancesLib.training.data import SOURCES, make_pairs  # noqa: E402
+
+MARK_BEGIN = "<!-- exact-invariances-table:begin -->"
+MARK_END = "<!-- exact-invariances-table:end -->"
+
+
+def _rmse(a, b, m) -> float:
+    return float(np.sqrt(np.mean((a[m].astype(np.float64) - b[m]) ** 2)))
+
+
+def _pixel_mm(name: str) -> tuple[float, float]:
+    from CTInvariancesLib.io import read_volume
+    from CTInvariancesLib.training.data import require_shared_data
+
+    src = next(s for s in SOURCES if Path(s.folder).name == name)
+    vol = read_volume(require_shared_data() / src.folder, tilt=src.tilt)
+    return (vol.spacing[1], vol.spacing[0])
+
+
+def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0) -> dict:
+    pairs = make_pairs("holdout", 0.25, realisations=2, seed=HOLDOUT_SEED)
+    names = [str(n) for n in pairs["names"]]
+    spacing_cache: dict[str, tuple[float, float]] = {}
+    rows = {}
+    for name in denoisers:
+        den = load_denoiser(name)
+        per = {"fresh": [], "noise_std": [], "slices": []}
+        samplers_obj = {}
+        for kind in samplers:
+            samplers_obj[kind] = NoiseSampler(den) if kind == "noise" else InvarianceSampler.load(den)
+            per[kind] = {"raw_ratio": [], "ratio": [], "std": [], "std_raw": [], "pairwise": [],
+                         "seconds_sampling": [], "seconds_consistency": []}
+        for i in slice_ids:
+            x1, x2 = pairs["ld"][2 * i], pairs["ld"][2 * i + 1]
+            series = names[2 * i].split("[")[0]
+            px = spacing_cache.setdefault(series, _pixel_mm(series))
+            body = body_mask(pairs["fd"][2 * i])
+            f1, f2 = den.denoise_slices(np.stack([x1, x2]), batch_size=1)
+            per["fresh"].append(_rmse(f1, f2, body) / _rmse(x1, x2, body))
+            per["noise_std"].append(estimate_noise_hu(x1))
+            per["slices"].append(names[2 * i].split("#")[0])
+            for kind, smp in samplers_obj.items():
+                t = time.perf_counter()
+                res = smp.sample(x1, n_samples, seed=seed, denoised_hu=f1, slice_index=i, pixel_mm=px)
+                t_s = time.perf_counter() - t
+                t = time.perf_counter()
+                cons = consistency_project(den, x1, res.samples, steps, DEFAULT_METHOD, denoised_hu=f1)
+                t_c = time.perf_counter() - t
+                m = body & res.sampled_mask
+                raw_chk = slice_check(den, x1, f1, res.samples, m)
+                chk = slice_check(den, x1, f1, cons.samples, m)
+                d = per[kind]
+                d["raw_ratio"] += raw_chk["ratio"]
+                d["ratio"] += chk["ratio"]
+                div, div_raw = diversity(cons.samples, m), diversity(res.samples, m)
+                d["std"].append(div["std_map_median_hu"])
+                d["pairwise"].append(div["pairwise_rmse_median_hu"])
+                d["std_raw"].append(div_raw["std_map_median_hu"])
+                d["seconds_sampling"].append(t_s)
+                d["seconds_consistency"].append(t_c)
+                print(f"{name:8s} {kind:5s} {names[2 * i]:28s} fresh {per['fresh'][-1]:.3f} raw "
+                      f"{np.median(raw_chk['ratio']):.3f} -> {np.median(chk['ratio']):.3f}  std "
+                      f"{div_raw['std_map_median_hu']:.1f} -> {div['std_map_median_hu']:.1f} HU  "
+                      f"({t_s:.0f} + {t_c:.0f} s)", flush=True)
+        fresh = float(np.median(per["fresh"]))
+        row = {"slices": per["slices"], "fresh_noise_ratio": fresh,
+               "noise_std_hu": float(np.median(per["noise_std"]))}
+        for kind in samplers:
+            d = per[kind]
+            ratio = float(np.median(d["ratio"]))
+            row[kind] = {
+                "raw_ratio": float(np.median(d["raw_ratio"])),
+                "consistent_ratio": ratio,
+                "max_ratio": float(np.max(d["ratio"])),
+                "meets_bounds": bool(ratio <= 0.1 and ratio <= 0.25 * fresh),
+                "std_map_median_hu": float(np.median(d["std"])),
+                "std_map_median_hu_raw": float(np.median(d["std_raw"])),
+                "pairwise_rmse_median_hu": float(np.median(d["pairwise"])),
+                "std_over_noise_std": float(np.median(d["std"]) / row["noise_std_hu"]),
+                "seconds_per_slice": float(np.median(d["seconds_sampling"]) + np.median(d["seconds_consistency"])),
+            }
+        rows[name] = row
+    return {
+        "data": "held-out slices, 25 % dose, two realisations per slice",
+        "samples": n_samples,
+        "consistency": {"method": DEFAULT_METHOD, "steps": steps},
+        "machine": _machine(),
+        "denoisers": rows,
+    }
+
+
+def _machine() -> str:
+    from CTInvariancesLib.training.distributed import hardware_description
+
+    return hardware_description("cpu")
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"K = {result['samples']}, consistency: {result['consistency']['method']}, "
+        f"{result['consistency']['steps']} steps; slices: "
+        + ", ".join(next(iter(result["denoisers"].values()))["slices"]) + f"; {result['machine']}.",
+        "",
+        "| denoiser | sampler | fresh-noise ratio | raw ratio | consistent ratio (median / max) | bounds met "
+        "| std-map median (HU) raw -> consistent | pairwise RMSE (HU) | std / noise std of x | s per slice |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in result["denoisers"].items():
+        for kind in ("noise", "cinn"):
+            if kind not in row:
+                continue
+            r = row[kind]
+            lines.append(
+                f"| {name} | {kind} | {row['fresh_noise_ratio']:.3f} | {r['raw_ratio']:.3f} | "
+                f"{r['consistent_ratio']:.3f} / {r['max_ratio']:.3f} | {'yes' if r['meets_bounds'] else 'no'} | "
+                f"{r['std_map_median_hu_raw']:.1f} -> {r['std_map_median_hu']:.1f} | "
+                f"{r['pairwise_rmse_median_hu']:.1f} | {r['std_over_noise_std']:.2f} | {r['seconds_per_slice']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--denoisers", nargs="*", default=list(DENOISER_NAMES))
+    ap.add_argument("--samplers", nargs="*", default=["noise", "cinn"])
+    ap.add_argument("--slices", nargs="*", type=int, default=list(range(14)),
+                    help="indices into the 14 held-out slices (0-5 abdomen k 14-19, 6-13 head k 20-27)")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "exact_invariances.json"))
+    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--cards", action="store_true")
+    args = ap.parse_args()
+    result = measure(args.denoisers, args.samplers, args.slices, args.samples, args.steps)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    text = table(result)
+    print(text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        a, b = s.index(MARK_BEGIN) + len(MARK_BEGIN), s.index(MARK_END)
+        readme.write_text(s[:a] + "\n" + text + "\n" + s[b:])
+    if args.cards:
+        for name, row in result["denoisers"].items():
+            card = bundled_dir() / f"cinn-{name}.json"
+            if card.exists():
+                c = json.loads(card.read_text())
+                c.setdefault("metrics", {})["exact_invariances_dose_0.25"] = dict(
+                    row, samples=result["samples"], consistency=result["consistency"])
+                card.write_text(json.dumps(c, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
