@@ -118,7 +118,9 @@ def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0) -> dict:
                 "std_map_median_hu_raw": float(np.median(d["std_raw"])),
                 "pairwise_rmse_median_hu": float(np.median(d["pairwise"])),
                 "std_over_noise_std": float(np.median(d["std"]) / row["noise_std_hu"]),
-                "seconds_per_slice": float(np.median(d["seconds_sampling"]) + np.median(d["seconds_consistency"])),
+                "seconds_per_slice": float(
+                    np.median(d["seconds_sampling"]) + np.median(d["seconds_consistency"])
+                ),
             }
         rows[name] = row
     return {
@@ -153,7 +155,8 @@ def table(result: dict) -> str:
             r = row[kind]
             lines.append(
                 f"| {name} | {kind} | {row['fresh_noise_ratio']:.3f} | {r['raw_ratio']:.3f} | "
-                f"{r['consistent_ratio']:.3f} / {r['max_ratio']:.3f} | {'yes' if r['meets_bounds'] else 'no'} | "
+                f"{r['consistent_ratio']:.3f} / {r['max_ratio']:.3f} | "
+                f"{'yes' if r['meets_bounds'] else 'no'} | "
                 f"{r['std_map_median_hu_raw']:.1f} -> {r['std_map_median_hu']:.1f} | "
                 f"{r['pairwise_rmse_median_hu']:.1f} | {r['std_over_noise_std']:.2f} | {r['seconds_per_slice']:.0f} |"
             )

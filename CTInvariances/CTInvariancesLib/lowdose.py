@@ -364,7 +364,7 @@ class LowDoseSimulator:
         for n in noise:
             measured = estimate_noise_hu(n, mask)
             if not measured > 0:
-                raise ValueError("no noise could be measured in this slice (no soft tissue in the field of view)")
+                raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
             n *= np.float32(noise_std_hu / measured)
         return noise
 
