@@ -158,7 +158,8 @@ def table(result: dict) -> str:
                 f"{r['consistent_ratio']:.3f} / {r['max_ratio']:.3f} | "
                 f"{'yes' if r['meets_bounds'] else 'no'} | "
                 f"{r['std_map_median_hu_raw']:.1f} -> {r['std_map_median_hu']:.1f} | "
-                f"{r['pairwise_rmse_median_hu']:.1f} | {r['std_over_noise_std']:.2f} | {r['seconds_per_slice']:.0f} |"
+                f"{r['pairwise_rmse_median_hu']:.1f} | {r['std_over_noise_std']:.2f} | "
+                f"{r['seconds_per_slice']:.0f} |"
             )
     return "\n".join(lines)
 
