@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CTInvariances"))  # the core library, also without `pip install -e`
 
-from CTInvariancesLib.training.data import shared_data_dir  # noqa: E402
+from CTInvariancesLib.datasets import shared_data_dir  # noqa: E402
 
 DATA = shared_data_dir()
 os.environ.setdefault("CTINVARIANCES_CACHE", str(ROOT / ".cache"))

@@ -90,3 +90,31 @@ def test_latent_mean_per_dimension_is_within_0_1(measured):
 def test_denoiser_output_moves_at_most_0_3_of_the_input_change(measured):
     for name, m in measured.items():
         assert m["fid"]["median_ratio"] <= 0.3, name
+
+
+@pytest.fixture(scope="module")
+def abdomen_crop(abdomen_dir):
+    from CTInvariancesLib.datasets import make_pairs
+    from CTInvariancesLib.evaluation import HOLDOUT_SEED
+
+    return make_pairs("holdout", 0.25, realisations=1, seed=HOLDOUT_SEED)["ld"][2][160:352, 160:352]
+
+
+@pytest.mark.parametrize("jitter", [True, pytest.param(False, marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="a fixed tile grid leaves its pattern in the std map"))])
+def test_std_map_has_no_seams_and_follows_a_shifted_input(abdomen_crop, jitter):
+    import numpy as np
+
+    from CTInvariancesLib.invariance.metrics import seam_ratio, shift_consistency
+    from CTInvariancesLib.invariance.sampler import InvarianceSampler
+    from CTInvariancesLib.metrics import body_mask
+
+    sampler = InvarianceSampler.load("cnn10", jitter=jitter)
+    x, shift = abdomen_crop, (13, 21)
+    a = sampler.sample(x, 16, seed=0)
+    b = sampler.sample(np.roll(x, shift, axis=(0, 1)), 16, seed=1)
+    region = body_mask(x) & a.sampled_mask
+    ratio = seam_ratio(a.samples.std(0), region, sampler.patch, sampler.overlap)
+    assert 0.85 <= ratio <= 1.15, ratio
+    c = shift_consistency(a.samples.std(0), b.samples.std(0), shift, region)
+    assert c["corr_with_shifted"] >= c["corr_with_fixed"] - 0.05, c

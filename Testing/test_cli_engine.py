@@ -76,6 +76,31 @@ def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp
     assert_one_line_error(_sample(ct_small, tiny_models, out), "already holds")
 
 
+def test_noise_sampler_with_consistency_keeps_raw_samples_on_request(ct_small, tmp_path):
+    out = tmp_path / "n"
+    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--sampler", "noise", "--samples", "4",
+               "--consistency", "3", "--keep-raw", "--out", str(out), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "fresh-noise reference" in proc.stdout and "raw:" in proc.stdout
+    raw, _ = nrrd.read(str(out / "samples_raw.seq.nrrd"))
+    final, _ = nrrd.read(str(out / "samples.seq.nrrd"))
+    assert raw.shape == final.shape == (128, 128, 1, 4) and not (raw == final).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fidelity"]["median_rmse_output_hu"] < metrics["fidelity_raw"]["median_rmse_output_hu"]
+    assert metrics["diversity"]["std_map_median_hu"] > 0 and 0 < metrics["fresh_noise_ratio"]["median"] < 2
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["sampler"] == "noise" and run_json["consistency"] == {"steps": 3, "method": "gd"}
+    plain = tmp_path / "p"
+    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--sampler", "noise", "--samples", "2",
+               "--consistency", "0", "--keep-raw", "--out", str(plain), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert not (plain / "samples_raw.seq.nrrd").exists()  # raw samples are the samples
+    assert "fidelity_raw" not in json.loads((plain / "metrics.json").read_text())
+    bad = run("sample", str(ct_small), "--denoiser", "cnn10", "--consistency", "-1", "--out",
+              str(tmp_path / "b"))
+    assert_one_line_error(bad, "--consistency -1")
+
+
 def test_import_published_errors_name_the_folder(tmp_path):
     proc = run("models", "import-published", "--dir", str(tmp_path))
     assert_one_line_error(proc, str(tmp_path), "no published")

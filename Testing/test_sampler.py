@@ -76,9 +76,10 @@ def test_seeded_samples_are_bit_identical_and_shaped(sampler):
 
 def test_independent_tile_latents_differ_between_tiles_and_slices(sampler):
     x = np.tile(_phantom(32, 32), (2, 2))  # two identical tiles side by side, no overlap
-    shared = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, overlap=0, skip_air=False)
+    shared = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, overlap=0, skip_air=False,
+                               jitter=False)
     indep = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, overlap=0, skip_air=False,
-                              tile_latents="independent")
+                              tile_latents="independent", jitter=False)
     a = shared.sample(x, 2, seed=1).samples
     b = indep.sample(x, 2, seed=1).samples
     # same v and (up to f's border effects) the same condition: nearly the same tile
@@ -177,3 +178,14 @@ def test_refuses_to_overwrite_earlier_results(sampler, tmp_path):
     sample_volume(_volume(1), sampler, tmp_path, n_samples=1, check=False)
     with pytest.raises(InputError, match="already holds"):
         sample_volume(_volume(1), sampler, tmp_path, n_samples=1)
+
+
+def test_each_sample_has_its_own_tile_grid(sampler):
+    x = _phantom(120, 120)
+    jittered = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, overlap=8, skip_air=False)
+    fixed = InvarianceSampler(sampler.denoiser, sampler.cvae, sampler.cinn, overlap=8, skip_air=False,
+                              jitter=False)
+    a, b = jittered.sample(x, 4, seed=2).samples, fixed.sample(x, 4, seed=2).samples
+    assert np.array_equal(a, jittered.sample(x, 4, seed=2).samples)  # reproducible
+    assert not np.allclose(a, b)
+    assert np.isfinite(a).all() and a.shape == b.shape == (4, 120, 120)

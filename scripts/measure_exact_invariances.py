@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CTInvariances"))
 
+from CTInvariancesLib.datasets import SOURCES, make_pairs  # noqa: E402
 from CTInvariancesLib.denoisers import DENOISER_NAMES, load_denoiser  # noqa: E402
 from CTInvariancesLib.evaluation import HOLDOUT_SEED  # noqa: E402
 from CTInvariancesLib.invariance.consistency import (  # noqa: E402
@@ -39,7 +40,6 @@ from CTInvariancesLib.invariance.pipeline import diversity, slice_check  # noqa:
 from CTInvariancesLib.invariance.sampler import InvarianceSampler, NoiseSampler  # noqa: E402
 from CTInvariancesLib.lowdose import estimate_noise_hu  # noqa: E402
 from CTInvariancesLib.metrics import body_mask  # noqa: E402
-from CTInvariancesLib.training.data import SOURCES, make_pairs  # noqa: E402
 
 MARK_BEGIN = "<!-- exact-invariances-table:begin -->"
 MARK_END = "<!-- exact-invariances-table:end -->"
@@ -50,8 +50,8 @@ def _rmse(a, b, m) -> float:
 
 
 def _pixel_mm(name: str) -> tuple[float, float]:
+    from CTInvariancesLib.datasets import require_shared_data
     from CTInvariancesLib.io import read_volume
-    from CTInvariancesLib.training.data import require_shared_data
 
     src = next(s for s in SOURCES if Path(s.folder).name == name)
     vol = read_volume(require_shared_data() / src.folder, tilt=src.tilt)

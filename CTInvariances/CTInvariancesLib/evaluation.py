@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .datasets import make_pairs
 from .denoisers import Denoiser
 from .metrics import SOFT_TISSUE, Window, body_mask, psnr, rmse_hu, ssim
-from .training.data import make_pairs
 
 HOLDOUT_SEED = 7  # noise realisation of the evaluation set (differs from training seeds)
 

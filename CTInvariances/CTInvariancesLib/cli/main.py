@@ -322,8 +322,8 @@ def cmd_evaluate(args) -> int:
         window = parse_window(args.window)
     except ValueError as exc:
         raise CTInvariancesError(str(exc)) from None
+    from ..datasets import SOURCES, make_pairs
     from ..evaluation import HOLDOUT_SEED
-    from ..training.data import SOURCES, make_pairs
 
     den = _load_denoiser(args, resolve_device(args.device))
     with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
@@ -468,7 +468,7 @@ def _has_cinn(den, args) -> bool:
     """Whether a cINN for this denoiser is at hand (given, or beside the cVAE)."""
     from ..invariance.models import resolve_cinn_path, resolve_cvae_path
 
-    if args.cinn:
+    if args.cinn or args.cvae:  # the user asked for the learned engine: a missing cINN is an error
         return True
     try:
         return Path(resolve_cinn_path(None, den.name, resolve_cvae_path(args.cvae))).exists()

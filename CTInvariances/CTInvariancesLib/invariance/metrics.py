@@ -30,8 +30,8 @@ def holdout_patches(
     denoiser: Denoiser, patch: int, n: int, seed: int = 7, dose_fraction: float = 0.25
 ) -> PatchSet:
     """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices."""
+    from ..datasets import make_pairs
     from ..evaluation import HOLDOUT_SEED
-    from ..training.data import make_pairs
 
     pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)
     fx = denoiser.denoise_slices(pairs["ld"], batch_size=2)
@@ -170,4 +170,67 @@ def engine_metrics(
         "fidelity_cinn": invariance_fidelity(denoiser, cvae, cinn, small, seed=seed),
         "fidelity_prior": invariance_fidelity(denoiser, cvae, None, small, seed=seed),
         "reconstruction": reconstruction_error(cvae, small, seed=seed),
+    }
+
+
+def tile_border_mask(shape: tuple[int, int], patch: int, overlap: int, width: int = 4) -> np.ndarray:
+    """Pixels within ``width`` of any tile edge of the sampler's tiling of a ``shape`` slice."""
+    from .sampler import tile_starts
+
+    border = np.zeros(shape, bool)
+    for axis, length in enumerate(shape):
+        for s in tile_starts(length, patch, overlap):
+            for edge in (s, s + patch - 1):
+                lo, hi = max(0, edge - width), min(length, edge + width + 1)
+                if axis == 0:
+                    border[lo:hi, :] = True
+                else:
+                    border[:, lo:hi] = True
+    # the slice's own edges are not seams
+    inner = np.zeros(shape, bool)
+    inner[width + 1 : shape[0] - width - 1, width + 1 : shape[1] - width - 1] = True
+    return border & inner
+
+
+def seam_ratio(std: np.ndarray, region: np.ndarray, patch: int, overlap: int, width: int = 4,
+               detrend: bool = True) -> float:
+    """Mean std within ``width`` px of a tile edge / mean std elsewhere, inside ``region`` (1 = no seams).
+
+    ``detrend``: the std map is first divided by its own smooth trend (Gaussian, sigma = patch / 2,
+    normalised inside the region), so that anatomy that happens to lie under the tile edges (a bright
+    organ in a 4-px band) does not read as a seam; seams are narrower than the trend and stay.
+    """
+    from scipy import ndimage
+
+    std = np.asarray(std, np.float64)
+    if detrend:
+        sigma = patch / 2
+        num = ndimage.gaussian_filter(np.where(region, std, 0.0), sigma)
+        den = ndimage.gaussian_filter(region.astype(np.float64), sigma)
+        trend = num / np.maximum(den, 1e-6)
+        std = np.where(region, std / np.maximum(trend, 1e-6), 0.0)
+    border = tile_border_mask(std.shape, patch, overlap, width)
+    a, b = std[border & region], std[~border & region]
+    return float(a.mean() / b.mean()) if a.size and b.size and b.mean() > 0 else float("nan")
+
+
+def shift_consistency(std_a: np.ndarray, std_b: np.ndarray, shift: tuple[int, int], region: np.ndarray,
+                      sigma: float = 3.0) -> dict:
+    """Whether the std map of a shifted input is the shifted std map (not a fixed pattern).
+
+    ``std_b`` belongs to the input shifted by ``shift`` (rows, cols). Returns the correlation (maps
+    smoothed by ``sigma`` px to reduce the sampling noise of K samples) of std_b with the shifted
+    std_a (high when the map follows the anatomy) and with the unshifted std_a (high for a pattern
+    fixed to the image grid), inside the shifted region.
+    """
+    from scipy import ndimage
+
+    a = ndimage.gaussian_filter(std_a.astype(np.float64), sigma)
+    b = ndimage.gaussian_filter(std_b.astype(np.float64), sigma)
+    dy, dx = shift
+    moved = np.roll(a, (dy, dx), axis=(0, 1))
+    m = np.roll(region, (dy, dx), axis=(0, 1)) & region
+    return {
+        "corr_with_shifted": float(np.corrcoef(b[m], moved[m])[0, 1]),
+        "corr_with_fixed": float(np.corrcoef(b[m], a[m])[0, 1]),
     }

@@ -2,9 +2,9 @@
 
 For a slice x (HU): f(x) is computed on the whole slice; the slice is covered by overlapping tiles
 of the models' patch size; in each tile, v ~ N(0, T^2 I) -> z~ = t^-1(v | f(x)_tile) ->
-x~_tile = D(z~, f(x)_tile); tiles are blended with a raised-cosine window over their overlap, the
-tile means with the window and the deviations from them with a variance-preserving window (no seams
-in the std map).
+x~_tile = D(z~, f(x)_tile); tiles are blended with a raised-cosine window over their overlap. Each
+sample has its own tile grid, shifted by a random offset (jittered tiling), so that the tiles leave
+no fixed pattern (seams) in the std map.
 Sample k uses the same v in every tile and every slice (drawn from ``(seed, k)``), so a sample is
 one coherent draw and results do not depend on which slices are processed together.
 """
@@ -86,6 +86,7 @@ class InvarianceSampler:
         skip_air: bool = True,
         amp: bool | None = None,
         tile_latents: str = "shared",
+        jitter: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.denoiser = denoiser.to(self.device)
@@ -99,6 +100,7 @@ class InvarianceSampler:
         if tile_latents not in TILE_LATENTS:
             raise ValueError(f"tile_latents must be one of {TILE_LATENTS}")
         self.tile_latents = tile_latents
+        self.jitter = jitter
         self.amp = (self.device.type == "cuda") if amp is None else amp
         self.cards: dict = {}
 
@@ -155,45 +157,53 @@ class InvarianceSampler:
         fx = np.asarray(denoised_hu, dtype=np.float32)
         h, w = x.shape
         p = self.patch
-        # slices smaller than a patch: pad with air (removed again at the end)
-        ph, pw = max(h, p), max(w, p)
-        xp = np.full((ph, pw), -1000.0, np.float32)
-        fp = np.full((ph, pw), -1000.0, np.float32)
-        xp[:h, :w], fp[:h, :w] = x, fx
-        rows, cols = tile_starts(ph, p, self.overlap), tile_starts(pw, p, self.overlap)
-        tiles = [(r, c) for r in rows for c in cols]
-        active = [
-            t for t in tiles if not self.skip_air or fp[t[0] : t[0] + p, t[1] : t[1] + p].max() > AIR_HU
+        stride = p - self.overlap
+        # Jittered tiling: sample k uses its own grid, shifted by (oy, ox) in [0, stride) drawn from
+        # (seed, k). A fixed grid imprints the models' within-tile variance profile and the blend's
+        # variance dip in the overlaps on the std map as a grid of seams; with a grid per sample they
+        # fall in different places for every sample and average out (README: "Seam-free std maps").
+        offsets = [
+            tuple(int(o) for o in np.random.default_rng([int(seed), k, 0x7473]).integers(0, stride, 2))
+            if self.jitter else (0, 0)
+            for k in range(n_samples)
         ]
-        # Variance-preserving blend: tile means are blended with weights w (sum 1), deviations from
-        # the tile mean with w / sqrt(sum w^2), so the samples' variance does not dip where tiles
-        # overlap (a plain blend of independent tiles halves it there: the seams of the std map).
-        mean_acc = np.zeros((ph, pw), np.float64)
-        dev_acc = np.zeros((n_samples, ph, pw), np.float64)
-        wsum = np.zeros((ph, pw), np.float64)
-        w2sum = np.zeros((ph, pw), np.float64)
-        pending: dict[tuple[int, int], dict[int, np.ndarray]] = {}
-        mask = np.zeros((ph, pw), bool)
+        # canvas: the slice (padded with air to at least one patch) plus air margins above/left and
+        # below/right, into which shifted grids reach
+        ph, pw = max(h, p), max(w, p)
+        ch, cw = ph + stride + p, pw + stride + p
+        xp = np.full((ch, cw), -1000.0, np.float32)
+        fp = np.full((ch, cw), -1000.0, np.float32)
+        xp[stride : stride + h, stride : stride + w] = x
+        fp[stride : stride + h, stride : stride + w] = fx
+        acc = np.zeros((n_samples, ch, cw), np.float64)
+        wsum = np.zeros((n_samples, ch, cw), np.float64)
+        mask = np.zeros((ch, cw), bool)
         v = latent_draws(n_samples, self.cvae.z_dim, seed, temperature).to(self.device)
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)
-        wt_cache = {}
-        active_set = set(active)
-        for r, c in tiles:
-            wt_cache[(r, c)] = np.outer(
-                _ramp(p, self.overlap, r == 0, r == rows[-1]), _ramp(p, self.overlap, c == 0, c == cols[-1])
-            )
-            wsum[r : r + p, c : c + p] += wt_cache[(r, c)]
-            if (r, c) not in active_set:
-                mean_acc[r : r + p, c : c + p] += wt_cache[(r, c)] * xp[r : r + p, c : c + p]
-        jobs = [(t, k) for t in active for k in range(n_samples)]
+        jobs, weights = [], {}
+        for k, (oy, ox) in enumerate(offsets):
+            rows = _grid_starts(stride - oy, stride + ph, p, stride) if self.jitter else [
+                stride + r for r in tile_starts(ph, p, self.overlap)]
+            cols = _grid_starts(stride - ox, stride + pw, p, stride) if self.jitter else [
+                stride + c for c in tile_starts(pw, p, self.overlap)]
+            for r in rows:
+                for c in cols:
+                    wt = np.outer(_ramp(p, self.overlap, r == rows[0], r == rows[-1]),
+                                  _ramp(p, self.overlap, c == cols[0], c == cols[-1]))
+                    wsum[k, r : r + p, c : c + p] += wt
+                    if self.skip_air and fp[r : r + p, c : c + p].max() <= AIR_HU:
+                        acc[k, r : r + p, c : c + p] += wt * xp[r : r + p, c : c + p]
+                    else:
+                        jobs.append(((r, c), k))
+                        weights[((r, c), k)] = wt
         if self.tile_latents == "shared":
             v_jobs = v[[k for _, k in jobs]] if jobs else v[:0]
         else:
-            per_tile = {
-                t: latent_draws(n_samples, self.cvae.z_dim, _tile_seed(seed, slice_index, t), temperature)
-                for t in active
-            }
-            v_jobs = torch.stack([per_tile[t][k] for t, k in jobs]).to(self.device) if jobs else v[:0]
+            v_jobs = torch.stack([
+                latent_draws(1, self.cvae.z_dim, _tile_seed(seed, slice_index, (r, c)),
+                             temperature, offset=k)[0]
+                for (r, c), k in jobs
+            ]).to(self.device) if jobs else v[:0]
         start = 0
         while start < len(jobs):
             chunk = jobs[start : start + batch_size]
@@ -207,22 +217,13 @@ class InvarianceSampler:
                     torch.cuda.empty_cache()
                 continue
             for ((r, c), k), tile in zip(chunk, out):
-                got = pending.setdefault((r, c), {})
-                got[k] = tile
-                if len(got) == n_samples:  # all K samples of this tile: blend it
-                    tiles_k = np.stack([got[i] for i in range(n_samples)]).astype(np.float64)
-                    wt = wt_cache[(r, c)]
-                    mu = tiles_k.mean(0)
-                    mean_acc[r : r + p, c : c + p] += wt * mu
-                    dev_acc[:, r : r + p, c : c + p] += wt * (tiles_k - mu)
-                    w2sum[r : r + p, c : c + p] += wt * wt
-                    mask[r : r + p, c : c + p] = True
-                    del pending[(r, c)]
+                acc[k, r : r + p, c : c + p] += weights[((r, c), k)] * tile
+                mask[r : r + p, c : c + p] = True
             start += len(chunk)
-        samples = mean_acc / wsum + dev_acc / np.sqrt(np.maximum(w2sum, 1e-12))
-        samples = samples.astype(np.float32)[:, :h, :w]
+        inner = (slice(None), slice(stride, stride + h), slice(stride, stride + w))
+        samples = (acc[inner] / wsum[inner]).astype(np.float32)
         self.last_batch_size = batch_size
-        return SliceSamples(samples=samples, denoised=fx, sampled_mask=mask[:h, :w])
+        return SliceSamples(samples=samples, denoised=fx, sampled_mask=mask[inner[1:]])
 
     def _decode_jobs(self, jobs, fx_t: torch.Tensor, vv: torch.Tensor) -> np.ndarray:
         p = self.patch
@@ -301,8 +302,17 @@ def noise_seed(seed: int, slice_index: int, k: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(slice_index), int(k), 0x6E6F]).generate_state(1)[0])
 
 
+def _grid_starts(first: int, end: int, patch: int, stride: int) -> list[int]:
+    """A regular grid from ``first`` until a tile reaches ``end`` (no tile aligned to the end, which
+    would put an edge at the same place for every sample)."""
+    starts = [first]
+    while starts[-1] + patch < end:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
 def _tile_seed(seed: int, slice_index: int, tile: tuple[int, int]) -> int:
-    return (int(seed) * 7_368_787 + int(slice_index) * 1_000_033 + tile[0] * 4099 + tile[1]) % (2**62)
+    return (int(seed) * 7_368_787 + int(slice_index) * 1_000_033 + tile[0] * 4099 + tile[1]) % (2**40)
 
 
 def _check_cinn_matches(cinn_card: dict, den: Denoiser, cvae_card: dict) -> None:

@@ -1,0 +1,106 @@
+"""Paired low-dose / full-dose CT slices simulated from the real CT in ../shared/data: what training,
+evaluation and the engine's measurements read (a layer below all of them).
+
+Held out (never trained on), as k indices of the volumes as read (sorted along the slice normal,
+0-based): abdomen-siemens-20 k = 14..19 (slices 15-20) and head-ge-28 k = 20..27 (slices 21-28).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CTInvariancesError
+from .io import read_volume
+from .lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+
+
+@dataclass(frozen=True)
+class DataSource:
+    folder: str  # relative to the shared data folder
+    train: tuple[int, ...]
+    holdout: tuple[int, ...]
+    tilt: str = "keep"  # slice-wise work: keep the acquired slices untouched
+
+
+SOURCES = (
+    DataSource("ct/abdomen-siemens-20", tuple(range(0, 14)), tuple(range(14, 20))),
+    DataSource("ct/head-ge-28", tuple(range(0, 20)), tuple(range(20, 28))),
+)
+
+
+def shared_data_dir() -> Path:
+    """$CTINVARIANCES_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("CTINVARIANCES_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def require_shared_data() -> Path:
+    root = shared_data_dir()
+    if not (root / "ct").is_dir():
+        raise CTInvariancesError(
+            "shared CT data not found (set CTINVARIANCES_DATA to the folder holding ct/ and phantom/)",
+            root,
+        )
+    return root
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("CTINVARIANCES_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "ctinvariances"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def make_pairs(
+    split: str = "train",
+    dose_fraction: float = 0.25,
+    realisations: int = 2,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Low-dose / full-dose slice pairs (HU) for ``split`` ("train" or "holdout"), cached on disk."""
+    if split not in ("train", "holdout"):
+        raise ValueError("split must be 'train' or 'holdout'")
+    root = require_shared_data()
+    key = json.dumps(
+        [split, dose_fraction, realisations, seed, [s.__dict__ for s in SOURCES], "v2-bowtie"], sort_keys=True
+    )
+    path = cache_dir() / f"pairs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
+    ld, fd, names, i0s = [], [], [], []
+    for src in SOURCES:
+        vol = read_volume(root / src.folder, tilt=src.tilt)
+        pixel_mm = (vol.spacing[1], vol.spacing[0])
+        for k in getattr(src, split):
+            full = vol.array[k]
+            i0 = sim.estimate_i0(full, pixel_mm)
+            sim_k = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0))
+            for r in range(realisations):
+                low, _ = sim_k.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))
+                ld.append(low)
+                fd.append(full)
+                names.append(f"{Path(src.folder).name}[{k}]#{r}")
+                i0s.append(i0)
+            if progress:
+                progress(1)
+    out = {
+        "ld": np.stack(ld).astype(np.float32),
+        "fd": np.stack(fd).astype(np.float32),
+        "names": np.array(names),
+        "i0": np.array(i0s),
+    }
+    tmp = path.with_suffix(f".{os.getpid()}.partial.npz")  # several ranks may write at once
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
