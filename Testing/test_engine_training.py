@@ -91,6 +91,16 @@ def test_planted_region_that_the_denoiser_ignores_is_where_samples_vary(tmp_path
     inside[REGION] = True
     ratio = float(std[:, inside].mean() / std[:, ~inside].mean())
     assert ratio >= 5.0, f"std inside / outside the ignored region = {ratio:.2f}"
+    # the engine uses what it must: z carries the ignored content (no collapsed posterior), and the
+    # cINN models z given f(x) better than the prior and than with another patch's f(x)
+    from CTInvariancesLib.invariance.metrics import PatchSet, uses_condition
+
+    x = blobs(400, np.random.default_rng(321))
+    m = uses_condition(vae, inn, PatchSet(x, ignore_region(x)))
+    nll = m["nll_per_dim"]
+    assert m["posterior_kl_nats"] >= 5.0, m
+    assert nll["true_condition"] <= nll["shuffled_condition"] - 0.02, nll
+    assert nll["true_condition"] <= nll["prior"] - 0.02, nll
 
 
 def test_identity_denoiser_leaves_nothing_to_vary(tmp_path, torch_threads):

@@ -2,4 +2,4 @@
 
 # The consistency step (invariance/consistency.py): measured choice, see README ("The consistency step").
 CONSISTENCY_METHOD = "gd"
-CONSISTENCY_STEPS = 20
+CONSISTENCY_STEPS = 40  # at most; stops earlier once every sample is consistent
