@@ -1,0 +1,156 @@
+"""Break the engine on purpose and show that the tests notice.
+
+    .venv/bin/python scripts/mutants.py [--only NAME ...] [--list]
+
+Each mutant is one textual change to the library ("a sampler with no variation", "a cINN that
+ignores f(x)", ...). For each, the committed files are copied to a scratch folder, the change is
+applied there (never in this checkout), and the tests that should catch it are run against the copy.
+A mutant is *killed* when at least one of them fails; the script exits 1 if any mutant survives.
+The shared data and the simulated-pair cache of this checkout are reused (read only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = "CTInvariances/CTInvariancesLib/"
+PLANTED = ("Testing/test_engine_training.py::"
+           "test_planted_region_that_the_denoiser_ignores_is_where_samples_vary")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant(
+        "noise-sampler-no-variation", "the noise sampler returns f(x) for every sample",
+        LIB + "invariance/sampler.py",
+        "samples = fx[None] + np.float32(temperature) * noise",
+        "samples = fx[None] + np.float32(0.0) * noise",
+        ("Testing/test_consistency.py::test_noise_sampler_draws_noise_at_the_level_of_x",),
+    ),
+    Mutant(
+        "cinn-sampler-no-variation", "the learned sampler decodes the same latent for every sample",
+        LIB + "invariance/sampler.py",
+        "z = vv if self.cinn is None else self.cinn.reverse(vv, cond)",
+        "z = vv * 0 if self.cinn is None else self.cinn.reverse(vv * 0, cond)",
+        ("Testing/test_bundled_engine.py::test_samples_really_vary",),
+    ),
+    Mutant(
+        "cinn-ignores-condition", "the cINN's embedding of f(x) is multiplied by 0",
+        LIB + "invariance/cinn.py",
+        "return self.embedder(fx)",
+        "return self.embedder(fx) * 0",
+        (PLANTED,),
+    ),
+    Mutant(
+        "collapsed-posterior", "the encoder's output is ignored: q(z | x, f(x)) = N(0, I)",
+        LIB + "invariance/cvae.py",
+        "return DiagonalGaussian(self.encoder(torch.cat([x, fx], 1)))",
+        "return DiagonalGaussian(self.encoder(torch.cat([x, fx], 1)) * 0)",
+        (PLANTED,),
+    ),
+    Mutant(
+        "no-critic-all-reduce", "data-parallel training skips the critic's gradient all-reduce",
+        LIB + "training/invariance.py",
+        "        ddp.all_reduce_gradients(self.critic, self.ctx)\n",
+        "        pass  # mutant: no all-reduce of the critic's gradients\n",
+        ("Testing/test_engine_training.py::test_two_process_data_parallel_training_ends_with_identical_weights",),
+    ),
+    Mutant(
+        "consistency-leaves-range", "the consistency step rescales each pixel (sign of the gradient, "
+        "Adam-like): corrections leave the range of J^T",
+        LIB + "invariance/consistency.py",
+        "velocity = momentum * velocity + step * lin.vjp(r)",
+        "velocity = momentum * velocity + step * lin.vjp(r).sign()",
+        ("Testing/test_consistency.py::test_correction_stays_in_the_range_of_the_jacobian_transpose",),
+    ),
+    Mutant(
+        "consistency-no-op", "the consistency step does not move the samples",
+        LIB + "invariance/consistency.py",
+        "s = (s + velocity).detach()",
+        "s = s.detach()",
+        ("Testing/test_consistency.py::test_identity_denoiser_samples_are_brought_back_to_x",
+         "Testing/test_consistency.py::test_clipping_denoiser_varies_inside_the_clipped_structures_only"),
+    ),
+    Mutant(
+        "fixed-tile-grid", "every sample uses the same tile grid (the seams come back)",
+        LIB + "invariance/sampler.py",
+        "        jitter: bool = True,\n",
+        "        jitter: bool = False,\n",
+        ("Testing/test_bundled_engine.py::test_std_map_has_no_seams_and_follows_a_shifted_input[True]",),
+    ),
+)
+
+
+def _copy_checkout(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in files.stdout.splitlines():
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def run_mutant(m: Mutant) -> tuple[bool, float, str]:
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
+        work = Path(tmp)
+        _copy_checkout(work)
+        target = work / m.file
+        text = target.read_text()
+        if text.count(m.old) != 1:
+            raise SystemExit(f"mutant {m.name}: the text to change is not (exactly once) in {m.file}")
+        target.write_text(text.replace(m.old, m.new))
+        from CTInvariancesLib.datasets import shared_data_dir
+
+        env = dict(os.environ, CTINVARIANCES_DATA=str(shared_data_dir()),
+                   CTINVARIANCES_CACHE=str(ROOT / ".cache"), PYTHONPATH=str(work / "CTInvariances"))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               *m.tests], cwd=work, env=env, capture_output=True, text=True)
+        lines = proc.stdout.strip().splitlines() or [""]
+        why = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
+        summary = lines[-1] + (f": {why[:90]}" if why else "")
+        # 1 = tests ran and failed; anything else (collection error, usage) is not a catch
+        return proc.returncode == 1 and "error" not in lines[-1], time.perf_counter() - t0, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", help="mutant names")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "CTInvariances"))
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.what}")
+        return 0
+    print("| mutant | what | caught | test result | s |\n| --- | --- | --- | --- | --- |", flush=True)
+    survived = 0
+    for m in chosen:
+        killed, secs, summary = run_mutant(m)
+        survived += not killed
+        caught = "yes" if killed else "**no**"
+        print(f"| {m.name} | {m.what} | {caught} | {summary} | {secs:.0f} |", flush=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
