@@ -100,3 +100,13 @@ class StreamingNrrdWriter:
             self.close()
         else:
             self.abort()
+
+
+def read_sequence(path: str | Path) -> np.ndarray:
+    """The items of a ``.seq.nrrd`` written by :class:`StreamingNrrdWriter`, as [N, K, J, I] float32."""
+    import nrrd
+
+    data, header = nrrd.read(str(path))
+    if data.ndim != 4 or header.get("kinds", [None] * 4)[-1] != "list":
+        raise ValueError(f"{path}: not a sequence (expected 4 axes with the list axis last)")
+    return np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0)), dtype=np.float32)

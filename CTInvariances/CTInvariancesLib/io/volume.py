@@ -78,6 +78,20 @@ class CTVolume:
             warnings=list(self.warnings),
         )
 
+    def crop_in_plane(self, rows: slice, cols: slice) -> CTVolume:
+        """A new volume holding rows ``rows`` and columns ``cols`` of every slice, geometry updated."""
+        r0, r1, _ = rows.indices(self.shape[1])
+        c0, c1, _ = cols.indices(self.shape[2])
+        if r1 <= r0 or c1 <= c0:
+            raise InputError("the in-plane crop is empty", self.source)
+        return replace(
+            self,
+            array=self.array[:, r0:r1, c0:c1].copy(),
+            origin=tuple(self.index_to_physical(0, r0, c0)),
+            tags=dict(self.tags),
+            warnings=list(self.warnings),
+        )
+
     @property
     def source_slice_indices(self) -> list[int]:
         """Index of each slice in the volume as read (kept through ``select_slices``)."""
