@@ -146,3 +146,15 @@ def test_std_map_has_no_seams_and_follows_a_shifted_input(abdomen_crop, jitter):
     assert 0.85 <= ratio <= 1.15, ratio
     c = shift_consistency(a.samples.std(0), b.samples.std(0), shift, region)
     assert c["corr_with_shifted"] >= c["corr_with_fixed"] - 0.05, c
+
+
+def test_no_model_card_holds_a_path_of_this_machine():
+    import re
+
+    from CTInvariancesLib.weights import models_dir
+
+    cards = list(models_dir().rglob("*.json"))
+    assert len(cards) >= 9
+    for card in cards:
+        for value in re.findall(r'"([^"]*)"', card.read_text()):
+            assert not re.match(r"^(/|~|[A-Za-z]:\\\\)", value), (card.name, value)

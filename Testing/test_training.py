@@ -105,3 +105,11 @@ def test_fine_tune_from_weights_records_its_start(tmp_path, small_pairs):
     assert card["training"]["init"]["sha256"] == json.loads(first.with_suffix(".json").read_text())["sha256"]
     assert card["training"]["init"]["training"]["steps"] == 3
     assert card["training"]["identity_init"] is False
+
+
+def test_held_out_and_training_slices_are_disjoint():
+    from CTInvariancesLib.datasets import SOURCES
+
+    for src in SOURCES:
+        assert src.train and src.holdout
+        assert not set(src.train) & set(src.holdout), src.folder

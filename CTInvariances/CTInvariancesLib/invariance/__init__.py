@@ -4,15 +4,19 @@ same output."""
 from .cinn import CINNConfig, ConditionalINN
 from .cvae import ConditionalVAE, CVAEConfig
 from .models import import_published, load_cinn, load_cvae
-from .sampler import InvarianceSampler, SliceSamples, std_map
+from .consistency import ConsistencyResult, consistency_project
+from .sampler import InvarianceSampler, NoiseSampler, SliceSamples, std_map
 
 __all__ = [
     "CINNConfig",
     "CVAEConfig",
     "ConditionalINN",
+    "ConsistencyResult",
     "ConditionalVAE",
     "InvarianceSampler",
+    "NoiseSampler",
     "SliceSamples",
+    "consistency_project",
     "import_published",
     "load_cinn",
     "load_cvae",

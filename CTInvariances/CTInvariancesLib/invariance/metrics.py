@@ -171,6 +171,22 @@ def invariance_fidelity(
 
 
 @torch.inference_mode()
+def idempotency(denoiser: Denoiser, ps: PatchSet, batch: int = 50) -> dict:
+    """How far f is from idempotent: median over patches of RMSE(f(f(x)), f(x)) / RMSE(f(x), x), f
+    applied to the patch. A sample near f(x) cannot have a fidelity ratio below this."""
+
+    def f(t):
+        return hu_to_normalized(denoiser(normalized_to_hu(t)))
+
+    ratios = []
+    for s in range(0, len(ps.x), batch):
+        x = ps.x[s : s + batch]
+        fx = f(x)
+        ratios.append(_rmse_hu(f(fx), fx) / _rmse_hu(fx, x).clamp(min=1e-6))
+    return {"median_ratio": float(torch.cat(ratios).median()), "n_patches": int(len(ps.x))}
+
+
+@torch.inference_mode()
 def reconstruction_error(cvae: ConditionalVAE, ps: PatchSet, batch: int = 100, seed: int = 0) -> dict:
     """RMSE_HU(D(z, f(x)), x) with z the posterior mean and a posterior sample."""
     gen = torch.Generator().manual_seed(seed)
@@ -202,6 +218,7 @@ def engine_metrics(
         "invertibility_and_normality": invertibility(cvae, cinn, ps, seed=seed),
         "fidelity_cinn": invariance_fidelity(denoiser, cvae, cinn, small, seed=seed),
         "fidelity_prior": invariance_fidelity(denoiser, cvae, None, small, seed=seed),
+        "idempotency": idempotency(denoiser, small),
         "reconstruction": reconstruction_error(cvae, small, seed=seed),
     }
 
