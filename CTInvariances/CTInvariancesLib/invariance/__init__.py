@@ -2,9 +2,9 @@
 same output."""
 
 from .cinn import CINNConfig, ConditionalINN
+from .consistency import ConsistencyResult, consistency_project
 from .cvae import ConditionalVAE, CVAEConfig
 from .models import import_published, load_cinn, load_cvae
-from .consistency import ConsistencyResult, consistency_project
 from .sampler import InvarianceSampler, NoiseSampler, SliceSamples, std_map
 
 __all__ = [
