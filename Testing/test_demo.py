@@ -30,7 +30,7 @@ def test_demo_runs_denoises_and_draws_consistent_invariances():
             assert final < raw and std_final > 0
             run = ROOT / "runs" / "demo" / f"invariances_{name}_{kind}"
             run_json = json.loads((run / "run.json").read_text())
-            assert run_json["n_samples"] == 6 and run_json["sampler"] == kind
+            assert run_json["n_samples"] == 4 and run_json["sampler"] == kind
             assert (run / "samples.seq.nrrd").exists() and (run / "samples_raw.seq.nrrd").exists()
         assert float(rows[(name, "cinn")][8]) > 0  # seam ratio printed for the tiled engine
         assert (ROOT / "runs" / "demo" / f"invariances_{name}.png").stat().st_size > 10_000

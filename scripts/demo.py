@@ -75,10 +75,10 @@ def main() -> int:
     return 0
 
 
-CROP = 192  # the invariance part works on a central crop: the consistency step costs many passes
+CROP = 160  # the invariance part works on a central crop: the consistency step costs many passes
 
 
-def invariances(low_vol, out_dir: Path, k: int = 6) -> None:
+def invariances(low_vol, out_dir: Path, k: int = 4) -> None:
     """K invariance samples per denoiser and sampler (noise; cinn with the bundled compact engine),
     raw and after the consistency step, with the fresh-noise reference; one PNG per denoiser."""
     import shutil
