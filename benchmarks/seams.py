@@ -64,14 +64,16 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--paper", action="store_true")
+    ap.add_argument("--paper-only", action="store_true", help="skip the compact engine")
     args = ap.parse_args()
     torch.set_num_threads(2)
     x = make_pairs("holdout", 0.25, realisations=1, seed=HOLDOUT_SEED)["ld"][2]
     c0 = (512 - args.size) // 2
     x = x[c0 : c0 + args.size, c0 : c0 + args.size]
     den = load_denoiser("cnn10")
-    engines = {"compact (bundled, cnn10)": lambda jit: InvarianceSampler.load(den, jitter=jit)}
-    if args.paper:
+    engines = {} if args.paper_only else {
+        "compact (bundled, cnn10)": lambda jit: InvarianceSampler.load(den, jitter=jit)}
+    if args.paper or args.paper_only:
         vae, inn = paper_engine()
         engines["paper size, random weights"] = lambda jit: InvarianceSampler(den, vae, inn, jitter=jit)
     print(f"abdomen k=16, 25 % dose, central {args.size} px crop, K = {args.samples}, shift {SHIFT}\n")
