@@ -86,7 +86,11 @@ def test_clipping_denoiser_varies_inside_the_clipped_structures_only():
     soft &= ~ndimage.binary_dilation(inserts, iterations=6)
     ratio = _std_inside(res.samples, inside) / _std_inside(res.samples, soft)
     assert ratio >= 5.0, ratio
-    assert np.median(res.residual_after_hu) <= 0.05 * np.median(res.residual_before_hu)
+    body = x > -500
+    moved = [float(np.sqrt(np.mean((s - x)[body] ** 2))) for s in res.samples]
+    fidelity = np.array(res.residual_after_hu) / np.array(moved)
+    assert np.median(fidelity) <= 0.1, fidelity  # the default stops once the ratio is below 0.07
+    assert np.median(res.residual_after_hu) < 0.2 * np.median(res.residual_before_hu)
 
 
 def test_correction_stays_in_the_range_of_the_jacobian_transpose():
@@ -95,7 +99,7 @@ def test_correction_stays_in_the_range_of_the_jacobian_transpose():
     den = Denoiser(_block_average, "block-average", input_convention="hu")
     raw = NoiseSampler(den).sample(x, 3, seed=2, pixel_mm=PIXEL_MM).samples
     region = np.ones_like(x, bool)
-    res = consistency_project(den, x, raw, region=region)
+    res = consistency_project(den, x, raw, region=region, tolerance=0.0)  # all 40 steps: exact
     t = torch.from_numpy
     d = t(res.samples - raw)[:, None]
     null_part = d - _block_average(d)  # component of the correction in the null space
