@@ -88,7 +88,8 @@ def test_safetensors_with_card_and_corruption(tmp_path):
     den = load_denoiser(str(path))
     x = torch.randn(1, 1, 16, 16) * 100
     with torch.no_grad():
-        assert torch.allclose(den.module(x), model.eval()(x))
+        # loaded weights run in channels-last layout: the same sums in another order
+        assert torch.allclose(den.module(x), model.eval()(x), atol=1e-5)
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
