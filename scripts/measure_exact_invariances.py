@@ -175,11 +175,16 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "exact_invariances.json"))
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--cards", action="store_true")
+    ap.add_argument("--from-json", action="store_true",
+                    help="do not measure: write the table and cards from an earlier run's --out file")
     args = ap.parse_args()
-    result = measure(args.denoisers, args.samplers, args.slices, args.samples, args.steps)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.from_json:
+        result = json.loads(out.read_text())
+    else:
+        result = measure(args.denoisers, args.samplers, args.slices, args.samples, args.steps)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
     text = table(result)
     print(text)
     if args.readme:
