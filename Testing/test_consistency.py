@@ -38,6 +38,14 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x * 1.0
 
 
+def _lowpass(x: torch.Tensor, cutoff: float = 0.12) -> torch.Tensor:
+    """Linear, J = J^T = an ideal low-pass: its null space is everything above ``cutoff`` cycles/px."""
+    f = torch.fft.rfft2(x)
+    fy = torch.fft.fftfreq(x.shape[-2])[:, None]
+    fx = torch.fft.rfftfreq(x.shape[-1])[None, :]
+    return torch.fft.irfft2(f * ((fy**2 + fx**2) <= cutoff**2), s=x.shape[-2:])
+
+
 def _block_average(x: torch.Tensor) -> torch.Tensor:
     """Linear, with a known null space: zero-mean patterns inside each 2x2 block."""
     return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2.0)
@@ -107,6 +115,19 @@ def test_correction_stays_in_the_range_of_the_jacobian_transpose():
     after = _block_average(t(res.samples)[:, None]) - _block_average(t(x)[None, None])
     assert float(after.abs().max()) <= 0.5  # f(x~') = f(x)
     assert float((t(res.samples - x)[:, None] - _block_average(t(res.samples - x)[:, None])).abs().mean()) > 5
+
+
+def test_correction_has_no_component_in_a_smooth_null_space():
+    """A per-pixel rescaled step (Adam, sign of the gradient) would put high frequencies, which this
+    low-pass f ignores, into the correction; gradient steps do not."""
+    x, _ = _phantom(size=96)
+    den = Denoiser(_lowpass, "low-pass", input_convention="hu")
+    raw = NoiseSampler(den).sample(x, 3, seed=5, pixel_mm=PIXEL_MM).samples
+    res = consistency_project(den, x, raw, region=np.ones_like(x, bool), tolerance=0.0)
+    d = torch.from_numpy(res.samples - raw)[:, None]
+    assert float((d - _lowpass(d)).abs().max()) <= 1e-3 * float(d.abs().max())
+    gap = _lowpass(torch.from_numpy(res.samples)[:, None]) - _lowpass(torch.from_numpy(x)[None, None])
+    assert float(gap.abs().max()) <= 0.5
 
 
 def test_zero_steps_returns_the_raw_samples_and_the_input_is_not_modified():
