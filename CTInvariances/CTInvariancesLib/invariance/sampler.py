@@ -147,14 +147,7 @@ class InvarianceSampler:
 
         ``slice_index`` (the slice's index in its volume) only matters with independent tile latents.
         """
-        x = np.asarray(x_hu.detach().cpu() if torch.is_tensor(x_hu) else x_hu, dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"expected one 2-D slice, got shape {x.shape}")
-        if n_samples < 1:
-            raise ValueError("n_samples must be at least 1")
-        if denoised_hu is None:
-            denoised_hu = self.denoiser.denoise_slices(x[None], batch_size=1)[0]
-        fx = np.asarray(denoised_hu, dtype=np.float32)
+        x, fx = _slice_and_denoised(self.denoiser, x_hu, n_samples, denoised_hu)
         h, w = x.shape
         p = self.patch
         stride = p - self.overlap
@@ -279,14 +272,7 @@ class NoiseSampler:
         """K samples of one slice [H, W] (HU); ``temperature`` scales the noise std."""
         from ..lowdose import estimate_noise_hu, flat_soft_tissue_mask
 
-        x = np.asarray(x_hu, dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"expected one 2-D slice, got shape {x.shape}")
-        if n_samples < 1:
-            raise ValueError("n_samples must be at least 1")
-        if denoised_hu is None:
-            denoised_hu = self.denoiser.denoise_slices(x[None], batch_size=1)[0]
-        fx = np.asarray(denoised_hu, dtype=np.float32)
+        x, fx = _slice_and_denoised(self.denoiser, x_hu, n_samples, denoised_hu)
         mask = flat_soft_tissue_mask(x)
         sigma = estimate_noise_hu(x, mask)
         seeds = [noise_seed(seed, slice_index, k) for k in range(n_samples)]
@@ -296,6 +282,20 @@ class NoiseSampler:
         ])
         samples = fx[None] + np.float32(temperature) * noise
         return SliceSamples(samples=samples, denoised=fx, sampled_mask=np.ones(x.shape, bool))
+
+
+def _slice_and_denoised(
+    denoiser: Denoiser, x_hu, n_samples: int, denoised_hu
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slice as float32 [H, W] and f(x) (computed unless given); checks the arguments."""
+    x = np.asarray(x_hu.detach().cpu() if torch.is_tensor(x_hu) else x_hu, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected one 2-D slice, got shape {x.shape}")
+    if n_samples < 1:
+        raise ValueError("n_samples must be at least 1")
+    if denoised_hu is None:
+        denoised_hu = denoiser.denoise_slices(x[None], batch_size=1)[0]
+    return x, np.asarray(denoised_hu, dtype=np.float32)
 
 
 def noise_seed(seed: int, slice_index: int, k: int) -> int:
