@@ -101,7 +101,7 @@ def invariances(low_vol, out_dir: Path, k: int = 4) -> None:
           f"{'std raw':>8} {'std final':>10} {'pairwise':>9} {'seams':>6} {'time s':>7}")
     for name in DENOISER_NAMES:
         den = load_denoiser(name)
-        results = {}
+        results, fresh = {}, float("nan")
         for kind in ("noise", "cinn"):
             if kind == "cinn" and not have_engine:
                 continue
@@ -112,8 +112,8 @@ def invariances(low_vol, out_dir: Path, k: int = 4) -> None:
             m = sample_volume(sub, sampler, run_dir, n_samples=k, seed=SEED, keep_raw=True)
             dt = time.perf_counter() - t0
             results[kind] = run_dir
-            fresh = m["fresh_noise_ratio"]["median"] if "fresh_noise_ratio" in m else results.get("fresh")
-            results["fresh"] = fresh
+            if "fresh_noise_ratio" in m:  # from the noise sampler's draws; the cinn row reuses it
+                fresh = m["fresh_noise_ratio"]["median"]
             seams = "-"
             if kind == "cinn":
                 from CTInvariancesLib.io import read_volume as _rv

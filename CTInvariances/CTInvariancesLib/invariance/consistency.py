@@ -2,16 +2,19 @@
 
 Invariance sampling is an inverse problem with f as the forward operator and f(x) as the
 measurement. For each sample we look for x~' = x~ + d with M (f(x~ + d) - f(x)) = 0, M the body
-region (dilated by f's receptive field), and take the *minimum-norm* d: by Gauss-Newton steps whose
-linear system J J^T y = r is solved by conjugate gradients (CGNE, "Craig's method"), d = J^T y.
-Every correction then lies in the range of J^T (J: the Jacobian of f at the sample), so the part
-of x~ - x that f ignores (the null space of J) is left exactly as the sampler drew it; what the step
-removes is what f keeps. Plain gradient descent (``method="gd"``) has the same range property and is
-kept for comparison; Adam has not (its per-pixel scaling leaks into the null space).
+region (dilated by a few pixels). The default (``method="gd"``) takes gradient steps on
+0.5 |M (f(x~ + d) - f(x))|^2 with heavy-ball momentum, so d is a combination of J^T r at the points
+visited (J: the Jacobian of f, r: the residual); ``method="cg"`` (Gauss-Newton, J J^T y = r solved by
+conjugate gradients, d = J^T y) has the same property and is kept for comparison: it overshoots on
+ReLU networks (README, "The consistency step"). Either way every correction lies in the span of
+J^T, so the part of x~ - x that f ignores (its null space) is left as the sampler drew it; what the
+step removes is what f keeps. Adam has not this property (its per-pixel scaling leaks into the null
+space).
 
-Cost: one CG iteration costs one vector-Jacobian and one Jacobian-vector product; a relinearisation
-one forward pass. All samples of a slice are solved together, in batches, on f's device, and only on
-the bounding box of the region (plus a margin), which is about half of a 512 x 512 abdomen slice.
+Cost: a gradient step is one forward pass with graph and one backward pass; a CG iteration one
+vector-Jacobian and one (finite-difference) Jacobian-vector product. All samples of a slice are
+solved in batches on f's device, only on the bounding box of the region (plus a margin), and a batch
+stops once every sample is consistent to ``tolerance``.
 """
 
 from __future__ import annotations
