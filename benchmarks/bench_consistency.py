@@ -2,13 +2,18 @@
 
     .venv/bin/python benchmarks/bench_consistency.py methods [--denoiser cnn10] [--crop 256] [--samples 4]
     .venv/bin/python benchmarks/bench_consistency.py speed [--denoisers cnn10 ...] [--samplers noise cinn]
+        [--device cuda] [--cvae ENGINE]
+    .venv/bin/python benchmarks/bench_consistency.py raw [--samples 32] [--sizes 512 1024] [--cvae ENGINE]
 
 ``methods``: noise-sampler samples of the held-out abdomen slice k = 16 (25 % dose, a central crop),
 made consistent by each method with the same number of Jacobian products; prints the fidelity ratio
 RMSE(f(x~'), f(x)) / RMSE(x~', x), the std of the samples and the time. Adam (per-pixel step sizes:
 its correction leaves the range of J^T) is included for comparison only.
 ``speed``: K = 16 samples of the whole 512 x 512 slice with the default consistency step, each in a
-fresh process: wall time of sampling + consistency and the peak resident memory.
+fresh process: wall time of sampling + consistency and the peak resident memory (``--device cuda``:
+the warm second run, and peak GPU memory).
+``raw``: K = 32 raw samples of the learned engine (cnn10) for whole slices of 512 and 1024 pixels:
+time and peak memory.
 """
 
 from __future__ import annotations
@@ -94,41 +99,108 @@ def methods(args) -> None:
            time.perf_counter() - t)
 
 
-def _one(denoiser: str, sampler: str) -> dict:
+def _one(denoiser: str, sampler: str, device: str = "cpu", cvae: str | None = None) -> dict:
+    """One (denoiser, sampler) run; on a GPU the run is repeated and the second (warm) one timed."""
     x = _slice()
-    den = load_denoiser(denoiser)
-    t0 = time.perf_counter()
-    fx = den.denoise_slices(x[None])[0]
-    smp = NoiseSampler(den) if sampler == "noise" else InvarianceSampler.load(den)
-    raw = smp.sample(x, 16, seed=0, pixel_mm=PIXEL_MM, denoised_hu=fx).samples
-    t1 = time.perf_counter()
-    res = consistency_project(den, x, raw, denoised_hu=fx)
-    t2 = time.perf_counter()
+    cuda = device.startswith("cuda")
+    den = load_denoiser(denoiser, device=device)
+    smp = NoiseSampler(den, device=device) if sampler == "noise" else InvarianceSampler.load(
+        den, cvae=cvae, device=device)
+    for _ in range(2 if cuda else 1):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fx = den.denoise_slices(x[None])[0]
+        raw = smp.sample(x, 16, seed=0, pixel_mm=PIXEL_MM, denoised_hu=fx).samples
+        if cuda:
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=16 if cuda else 4)
+        if cuda:
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
     return {"sampling_s": t1 - t0, "consistency_s": t2 - t1, "steps": res.steps_used,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
 def speed(args) -> None:
     from CTInvariancesLib.training.distributed import hardware_description
 
-    print(f"K = 16, whole 512 x 512 slice (abdomen k=16, 25 % dose), default consistency step; "
-          f"{hardware_description('cpu')}\n")
-    print("| denoiser | sampler | sampling s | consistency s | total s | steps per batch of 4 "
-          "| peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"K = 16, whole 512 x 512 slice (abdomen k=16, 25 % dose), default consistency step "
+          f"(batches of {16 if args.device.startswith('cuda') else 4}); {hardware_description(args.device)}"
+          f"{'; warm (second) run timed' if args.device.startswith('cuda') else ''}\n")
+    print("| denoiser | sampler | sampling s | consistency s | total s | steps per batch "
+          "| peak RSS MB | peak GPU MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.denoisers:
         for sampler in args.samplers:
-            out = subprocess.run([sys.executable, __file__, "_one", name, sampler], capture_output=True,
-                                 text=True, check=True)
+            cmd = [sys.executable, __file__, "_one", name, sampler, args.device] + (
+                [args.cvae] if args.cvae else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"| {name} | {sampler} | failed: {out.stderr.strip().splitlines()[-1:]} |", flush=True)
+                continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {name} | {sampler} | {r['sampling_s']:.1f} | {r['consistency_s']:.1f} | "
-                  f"{r['sampling_s'] + r['consistency_s']:.1f} | {r['steps']} | {r['peak_rss_mb']:.0f} |",
+            gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
+            print(f"| {name} | {sampler} | {r['sampling_s']:.2f} | {r['consistency_s']:.2f} | "
+                  f"{r['sampling_s'] + r['consistency_s']:.2f} | {r['steps']} | {r['peak_rss_mb']:.0f} | {gpu} |",
                   flush=True)
 
 
+def _raw_one(size: int, samples: int, device: str, cvae: str | None) -> dict:
+    """K raw cINN samples of a size x size slice (the abdomen slice, tiled with reflection if larger)."""
+    x = _slice()
+    if size != x.shape[0]:
+        reps = -(-size // x.shape[0])
+        x = np.tile(x, (reps, reps))[:size, :size].copy()
+    cuda = device.startswith("cuda")
+    den = load_denoiser("cnn10", device=device)
+    smp = InvarianceSampler.load(den, cvae=cvae, device=device)
+    fx = den.denoise_slices(x[None])[0]
+    for _ in range(2 if cuda else 1):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        smp.sample(x, samples, seed=0, pixel_mm=PIXEL_MM, denoised_hu=fx)
+        if cuda:
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+    return {"seconds": t1 - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+
+
+def raw(args) -> None:
+    """Raw sampling (no consistency step) with the learned engine, cnn10's cINN: K samples of whole
+    slices of several sizes, each in a fresh process (so peak memory is this run's)."""
+    from CTInvariancesLib.training.distributed import hardware_description
+
+    print(f"K = {args.samples} raw cINN samples (cnn10), whole slice; {hardware_description(args.device)}\n")
+    print("| slice | seconds | peak RSS MB | peak GPU MB |")
+    print("| --- | --- | --- | --- |")
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "_raw", str(size), str(args.samples), args.device] + (
+            [args.cvae] if args.cvae else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"| {size} | failed: {out.stderr.strip().splitlines()[-1:]} |", flush=True)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
+        print(f"| {size} x {size} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
+
+
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "_one":
-        print(json.dumps(_one(sys.argv[2], sys.argv[3])))
+    if len(sys.argv) >= 4 and sys.argv[1] == "_one":
+        torch.set_num_threads(2)
+        print(json.dumps(_one(*sys.argv[2:])))
+        return 0
+    if len(sys.argv) >= 5 and sys.argv[1] == "_raw":
+        torch.set_num_threads(2)
+        a = sys.argv[2:]
+        print(json.dumps(_raw_one(int(a[0]), int(a[1]), a[2], a[3] if len(a) > 3 else None)))
         return 0
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -139,9 +211,16 @@ def main() -> int:
     s = sub.add_parser("speed")
     s.add_argument("--denoisers", nargs="*", default=["cnn10", "wganvgg", "redcnn", "dugan"])
     s.add_argument("--samplers", nargs="*", default=["noise", "cinn"])
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--cvae", help="engine folder or cVAE file for the cinn sampler (default: bundled)")
+    r = sub.add_parser("raw")
+    r.add_argument("--samples", type=int, default=32)
+    r.add_argument("--sizes", nargs="*", type=int, default=[512, 1024])
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--cvae", help="engine folder or cVAE file (default: bundled)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    (methods if args.what == "methods" else speed)(args)
+    {"methods": methods, "speed": speed, "raw": raw}[args.what](args)
     return 0
 
 

@@ -59,6 +59,38 @@ def cache_dir() -> Path:
     return base
 
 
+def source_volume(src: DataSource) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The full-dose volume of a shared-data source (HU, [K, J, I]) and its spacing (x, y, z mm),
+    decoded once and cached (the abdomen's JPEG 2000 DICOM takes seconds to decode). The cache key is
+    the source's lines in the shared data's SHA256SUMS, so changed data is decoded again."""
+    root = require_shared_data()
+    sums = root / "SHA256SUMS"
+    lines = sorted(
+        ln for ln in (sums.read_text().splitlines() if sums.exists() else []) if f"/{src.folder}/" in ln
+    )
+    key = hashlib.sha256(json.dumps([src.folder, src.tilt, lines, "v1"]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"volume-{Path(src.folder).name}-{key}.npz"
+    if lines and path.exists():
+        with np.load(path) as z:
+            return z["array"].astype(np.float32), tuple(float(v) for v in z["spacing"])
+    vol = read_volume(root / src.folder, tilt=src.tilt)
+    array = vol.array.astype(np.float32)
+    if lines:
+        rounded = np.round(array)
+        stored = rounded.astype(np.int16) if np.array_equal(rounded, array) else array
+        tmp = path.with_suffix(f".{os.getpid()}.partial.npz")
+        np.savez_compressed(tmp, array=stored, spacing=np.array(vol.spacing, np.float64))
+        os.replace(tmp, path)
+    return array, tuple(float(v) for v in vol.spacing)
+
+
+def source_pixel_mm(series: str) -> tuple[float, float]:
+    """(row, column) pixel spacing of a shared-data series given by its folder name."""
+    src = next(s for s in SOURCES if Path(s.folder).name == series)
+    spacing = source_volume(src)[1]
+    return (spacing[1], spacing[0])
+
+
 def make_pairs(
     split: str = "train",
     dose_fraction: float = 0.25,
@@ -69,7 +101,7 @@ def make_pairs(
     """Low-dose / full-dose slice pairs (HU) for ``split`` ("train" or "holdout"), cached on disk."""
     if split not in ("train", "holdout"):
         raise ValueError("split must be 'train' or 'holdout'")
-    root = require_shared_data()
+    require_shared_data()
     key = json.dumps(
         [split, dose_fraction, realisations, seed, [s.__dict__ for s in SOURCES], "v2-bowtie"], sort_keys=True
     )
@@ -77,15 +109,18 @@ def make_pairs(
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the projections are the slow part
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction), device=device)
     ld, fd, names, i0s = [], [], [], []
     for src in SOURCES:
-        vol = read_volume(root / src.folder, tilt=src.tilt)
-        pixel_mm = (vol.spacing[1], vol.spacing[0])
+        array, spacing = source_volume(src)
+        pixel_mm = (spacing[1], spacing[0])
         for k in getattr(src, split):
-            full = vol.array[k]
+            full = array[k]
             i0 = sim.estimate_i0(full, pixel_mm)
-            sim_k = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0))
+            sim_k = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0), device=device)
             for r in range(realisations):
                 low, _ = sim_k.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))
                 ld.append(low)

@@ -145,15 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "training slices)")
     t.add_argument("--denoiser", action="append", metavar="NAME|FILE",
                    help="condition on this denoiser's output; repeat for several (default: the four bundled)")
-    t.add_argument("--size", choices=("compact", "paper"), default="compact")
+    t.add_argument("--size", choices=("spatial", "compact", "paper"), default="spatial",
+                   help="spatial: latent map, whole slices (default); compact / paper: tiled, global latent")
     t.add_argument("--steps", type=int, default=6000)
-    t.add_argument("--batch-size", type=int, default=16, help="per process")
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--adv-weight", type=float, default=1.0)
+    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="train for at most this long: the step count is scaled down to fit")
+    t.add_argument("--batch-size", type=int, help="per process (default: the size's recipe, 16)")
+    t.add_argument("--lr", type=float, help="default: the size's recipe (spatial 4e-4, else 1e-4)")
+    t.add_argument("--adv-weight", type=float, help="default: the size's recipe (spatial 0, else 1)")
     t.add_argument("--adv-start", type=int, default=500, help="steps before the adversarial term starts")
     t.add_argument("--l1-weight", type=float, default=0.0011852, help="weight of the summed L1 (paper)")
-    t.add_argument("--kl-weight", type=float, default=0.57504,
-                   help="weight of the summed KL (paper: 0.57504; lower keeps more information in z)")
+    t.add_argument("--kl-weight", type=float,
+                   help="weight of the summed KL (paper and tiled sizes: 0.57504; spatial: 1e-5)")
     t.add_argument("--dose", type=float, default=0.25)
     t.add_argument("--realisations", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--data", nargs="*", default=[], metavar="CT")
     t.add_argument("--steps", type=int, default=4000)
+    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="train for at most this long: the step count is scaled down to fit")
     t.add_argument("--batch-size", type=int, default=64, help="per process")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--dose", type=float, default=0.25)
@@ -377,14 +382,17 @@ def cmd_train(args) -> int:
 
 def _train_cvae(args) -> int:
     from ..denoisers import DENOISER_NAMES
-    from ..training.invariance import CVAETrainer, CVAETrainingConfig
+    from ..training.invariance import CVAETrainer, CVAETrainingConfig, recipe_value
+
+    def recipe(name: str):
+        return recipe_value(args.size, name, getattr(args, name))
 
     cfg = CVAETrainingConfig(
         out=args.out, size=args.size, denoisers=tuple(args.denoiser or DENOISER_NAMES), data=tuple(args.data),
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, adv_weight=args.adv_weight,
-        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=args.kl_weight,
+        steps=args.steps, batch_size=recipe("batch_size"), lr=recipe("lr"), adv_weight=recipe("adv_weight"),
+        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=recipe("kl_weight"),
         dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, device=args.device,
+        checkpoint_every=args.checkpoint_every, device=args.device, time_limit_s=_minutes(args.time_limit),
     )
     return _run_trainer(CVAETrainer, cfg, args.device, stop_at=args.stop_at)
 
@@ -411,8 +419,17 @@ def _train_cinn(args) -> int:
         denoiser_input_convention=args.input_convention, data=tuple(args.data), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, dose_fraction=args.dose, realisations=args.realisations,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
+        time_limit_s=_minutes(args.time_limit),
     )
     return _run_trainer(CINNTrainer, cfg, args.device)
+
+
+def _minutes(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not value > 0:
+        raise CTInvariancesError(f"--time-limit {value}: must be a positive number of minutes")
+    return 60.0 * value
 
 
 def cmd_sample(args) -> int:

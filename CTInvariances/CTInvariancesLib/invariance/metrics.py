@@ -65,15 +65,18 @@ def invertibility(
 ) -> dict:
     """max |reverse(forward(z)) - z| over encoded latents (posterior samples)."""
     gen = torch.Generator().manual_seed(seed)
+    dev = _device(cvae)
     errs, vs = [], []
     for s in range(0, len(ps.x), batch):
-        x, fx = ps.x[s : s + batch], ps.fx[s : s + batch]
-        z = cvae.encode(x, fx).sample(gen)
+        x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
+        z = _posterior_sample(cvae.encode(x, fx), gen)
         v, _ = cinn(z, fx)
-        errs.append((cinn.reverse(v, fx) - z).abs().max())
-        vs.append(v)
+        errs.append((cinn.reverse(v, fx) - z).abs().max().cpu())
+        vs.append(v.cpu())
     v = torch.cat(vs)
-    mean, std = v.mean(0), v.std(0)
+    # per latent dimension (global latent) or per latent channel (latent map)
+    units = v.transpose(0, 1).flatten(1) if v.dim() == 4 else v.t()
+    mean, std = units.mean(1), units.std(1)
     return {
         "n_latents": int(len(v)),
         "max_abs_roundtrip_error": float(torch.stack(errs).max()),
@@ -98,18 +101,19 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
     A cINN that ignores f(x) has equal true and shuffled NLLs; one that uses it, a lower true NLL.
     """
     gen = torch.Generator().manual_seed(seed)
+    dev = _device(cvae)
     perm = torch.randperm(len(ps.x), generator=gen)
     true_nll, shuffled_nll, prior_nll, kls = [], [], [], []
     for s in range(0, len(ps.x), batch):
         idx = torch.arange(s, min(s + batch, len(ps.x)))
-        x, fx = ps.x[idx], ps.fx[idx]
+        x, fx = ps.x[idx].to(dev), ps.fx[idx].to(dev)
         q = cvae.encode(x, fx)
-        z = q.sample(gen)
-        kls.append(q.kl())
-        for out, cond in ((true_nll, fx), (shuffled_nll, ps.fx[perm[idx]])):
+        z = _posterior_sample(q, gen)
+        kls.append(q.kl().cpu())
+        for out, cond in ((true_nll, fx), (shuffled_nll, ps.fx[perm[idx]].to(dev))):
             v, logdet = cinn(z, cond)
-            out.append(0.5 * (v**2).mean(1) - logdet / v.shape[1])
-        prior_nll.append(0.5 * (z.flatten(1) ** 2).mean(1))
+            out.append((0.5 * (v**2).flatten(1).mean(1) - logdet / v[0].numel()).cpu())
+        prior_nll.append((0.5 * (z.flatten(1) ** 2).mean(1)).cpu())
     return {
         "nll_per_dim": {
             "true_condition": float(torch.cat(true_nll).mean()),
@@ -118,6 +122,16 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
         },
         "posterior_kl_nats": float(torch.cat(kls).mean()),
     }
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _posterior_sample(q, gen: torch.Generator) -> torch.Tensor:
+    """A posterior sample with noise from a CPU generator (reproducible on any device)."""
+    eps = torch.randn(q.mean.shape, generator=gen).to(q.mean.device, q.mean.dtype)
+    return q.mean + q.std * eps
 
 
 def _rmse_hu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -190,12 +204,13 @@ def idempotency(denoiser: Denoiser, ps: PatchSet, batch: int = 50) -> dict:
 def reconstruction_error(cvae: ConditionalVAE, ps: PatchSet, batch: int = 100, seed: int = 0) -> dict:
     """RMSE_HU(D(z, f(x)), x) with z the posterior mean and a posterior sample."""
     gen = torch.Generator().manual_seed(seed)
+    dev = _device(cvae)
     mean_err, sample_err = [], []
     for s in range(0, len(ps.x), batch):
-        x, fx = ps.x[s : s + batch], ps.fx[s : s + batch]
+        x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
         q = cvae.encode(x, fx)
-        mean_err.append(_rmse_hu(cvae.decode(q.mean, fx), x))
-        sample_err.append(_rmse_hu(cvae.decode(q.sample(gen), fx), x))
+        mean_err.append(_rmse_hu(cvae.decode(q.mean, fx), x).cpu())
+        sample_err.append(_rmse_hu(cvae.decode(_posterior_sample(q, gen), fx), x).cpu())
     return {
         "median_rmse_hu_posterior_mean": float(torch.cat(mean_err).median()),
         "median_rmse_hu_posterior_sample": float(torch.cat(sample_err).median()),
@@ -284,3 +299,57 @@ def shift_consistency(std_a: np.ndarray, std_b: np.ndarray, shift: tuple[int, in
         "corr_with_shifted": float(np.corrcoef(b[m], moved[m])[0, 1]),
         "corr_with_fixed": float(np.corrcoef(b[m], a[m])[0, 1]),
     }
+
+
+@torch.inference_mode()
+def latent_usage(cvae, cinn, ps: PatchSet, batch: int = 50, seed: int = 0) -> dict:
+    """Where the diversity of a learned sampler goes (README, "The spatial-latent engine"):
+
+    - ``noise_rmse_hu``: RMSE(x, f(x)), what a sample should vary by;
+    - ``reconstruction_rmse_hu``: RMSE(D(mean of q), x): the part of x the latent does not carry;
+    - ``decoder_z_std_hu``: std of D(z, f(x)) over independent prior draws z (does D use z at all?);
+    - ``posterior_std`` / ``posterior_mean_std``: mean std of q against the spread of its means over
+      patches (a posterior std near 1 with means near 0 is a collapsed, unused latent);
+    - ``latent_std`` / ``cinn_latent_std``: std of posterior samples and of cINN samples z~ = t^-1(v),
+      per latent unit, median over units (does the cINN reproduce the encoder's statistics?);
+    - ``cinn_power_ratio``: power of D(z~, f(x)) - f(x) over that of x - f(x).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dev = _device(cvae)
+    acc = {k: [] for k in ("noise", "rec", "zstd", "qstd", "qmean", "z", "zc", "pow_s", "pow_x")}
+    for s in range(0, len(ps.x), batch):
+        x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
+        q = cvae.encode(x, fx)
+        acc["noise"].append(_rmse_hu(x, fx).cpu())
+        acc["rec"].append(_rmse_hu(cvae.decode(q.mean, fx), x).cpu())
+        z1 = torch.randn(q.mean.shape, generator=gen).to(dev)
+        z2 = torch.randn(q.mean.shape, generator=gen).to(dev)
+        acc["zstd"].append((_rmse_hu(cvae.decode(z1, fx), cvae.decode(z2, fx)) / 2**0.5).cpu())
+        acc["qstd"].append(q.std.mean().reshape(1).cpu())
+        acc["qmean"].append(q.mean.cpu())
+        acc["z"].append(_posterior_sample(q, gen).cpu())
+        if cinn is not None:
+            v = torch.randn(q.mean.shape, generator=gen).to(dev)
+            zc = cinn.reverse(v, fx)
+            acc["zc"].append(zc.cpu())
+            xs = cvae.decode(zc, fx)
+            acc["pow_s"].append(((xs - fx) ** 2).flatten(1).mean(1).cpu())
+            acc["pow_x"].append(((x - fx) ** 2).flatten(1).mean(1).cpu())
+
+    def unit_std(t: torch.Tensor) -> float:
+        u = t.transpose(0, 1).flatten(1) if t.dim() == 4 else t.t()
+        return float(u.std(1).median())
+
+    out = {
+        "n_patches": int(len(ps.x)),
+        "noise_rmse_hu": float(torch.cat(acc["noise"]).median()),
+        "reconstruction_rmse_hu": float(torch.cat(acc["rec"]).median()),
+        "decoder_z_std_hu": float(torch.cat(acc["zstd"]).median()),
+        "posterior_std": float(torch.cat(acc["qstd"]).mean()),
+        "posterior_mean_std": unit_std(torch.cat(acc["qmean"])),
+        "latent_std": unit_std(torch.cat(acc["z"])),
+    }
+    if cinn is not None:
+        out["cinn_latent_std"] = unit_std(torch.cat(acc["zc"]))
+        out["cinn_power_ratio"] = float(torch.cat(acc["pow_s"]).sum() / torch.cat(acc["pow_x"]).sum())
+    return out

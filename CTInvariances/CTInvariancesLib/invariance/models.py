@@ -13,6 +13,7 @@ from ..errors import WeightsError
 from ..weights import load_safetensors_checked, models_dir, save_weights_with_card, verify_sha256
 from .cinn import CINNConfig, ConditionalINN
 from .cvae import ConditionalVAE, CVAEConfig
+from .spatial import SpatialCINN, SpatialCINNConfig, SpatialCVAE, SpatialCVAEConfig, is_spatial
 
 NORMALIZATION = "ldct-benchmark meanstd: (HU + 1024 - 481.454) / 502.185"
 
@@ -34,8 +35,11 @@ def bundled_dir() -> Path:
     return models_dir() / "invariance"
 
 
-def cinn_config_for(cvae_cfg: CVAEConfig) -> CINNConfig:
-    """The cINN that goes with a cVAE: the paper's for the paper's, else the compact layout."""
+def cinn_config_for(cvae_cfg: CVAEConfig | SpatialCVAEConfig) -> CINNConfig | SpatialCINNConfig:
+    """The cINN that goes with a cVAE: the paper's for the paper's, a convolutional one for a
+    spatial latent, else the compact layout."""
+    if isinstance(cvae_cfg, SpatialCVAEConfig):
+        return SpatialCINNConfig(latent_ch=cvae_cfg.latent_ch, down=cvae_cfg.down)
     if cvae_cfg == CVAEConfig.paper():
         return CINNConfig.paper()
     n_down = min(4, max(1, (cvae_cfg.patch // 4).bit_length() - 1))
@@ -48,7 +52,23 @@ def _num_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def save_cvae(model: ConditionalVAE, path: str | Path, training: dict, extra: dict | None = None) -> Path:
+def build_cvae(cfg: CVAEConfig | SpatialCVAEConfig) -> ConditionalVAE | SpatialCVAE:
+    return SpatialCVAE(cfg) if isinstance(cfg, SpatialCVAEConfig) else ConditionalVAE(cfg)
+
+
+def build_cinn(cfg: CINNConfig | SpatialCINNConfig, seed: int | None = 0) -> ConditionalINN | SpatialCINN:
+    return SpatialCINN(cfg, seed) if isinstance(cfg, SpatialCINNConfig) else ConditionalINN(cfg, seed)
+
+
+def cinn_fits(cinn_cfg, cvae) -> bool:
+    """Whether a cINN layout fits a cVAE (latent shape and condition size)."""
+    if isinstance(cvae, SpatialCVAE):
+        return isinstance(cinn_cfg, SpatialCINNConfig) and (cinn_cfg.latent_ch, cinn_cfg.down) == (
+            cvae.cfg.latent_ch, cvae.cfg.down)
+    return isinstance(cinn_cfg, CINNConfig) and cinn_cfg.z_dim == cvae.z_dim and cinn_cfg.cond_size == cvae.patch
+
+
+def save_cvae(model: ConditionalVAE | SpatialCVAE, path: str | Path, training: dict, extra: dict | None = None) -> Path:
     card = {
         "kind": "cvae",
         "size": model.cfg.name,
@@ -62,7 +82,7 @@ def save_cvae(model: ConditionalVAE, path: str | Path, training: dict, extra: di
 
 
 def save_cinn(
-    model: ConditionalINN,
+    model: ConditionalINN | SpatialCINN,
     path: str | Path,
     denoiser: Denoiser | dict,
     cvae_card: dict,
@@ -77,7 +97,7 @@ def save_cinn(
         "denoiser": denoiser.describe(portable=True) if isinstance(denoiser, Denoiser) else denoiser,
         "cvae": {"file": cvae_card.get("file"), "sha256": cvae_card.get("sha256")},
         "normalization": NORMALIZATION,
-        "log_det": "exact (includes the invertible leaky ReLU)",
+        "log_det": "exact" if isinstance(model, SpatialCINN) else "exact (includes the invertible leaky ReLU)",
         "training": training,
         **(extra or {}),
     }
@@ -119,10 +139,16 @@ def _load_engine_model(path: Path, kind: str, device):
     state, card = load_safetensors_checked(path)
     if card.get("kind") != kind:
         raise WeightsError(f"not a {label} model card (kind = {card.get('kind')!r})", path)
-    if kind == "cvae":
-        model = ConditionalVAE(CVAEConfig.from_dict(card["config"]))
-    else:
-        model = ConditionalINN(CINNConfig.from_dict(card["config"]), seed=None)
+    cfg = card.get("config") or {}
+    try:
+        if kind == "cvae":
+            model = build_cvae(SpatialCVAEConfig.from_dict(cfg) if is_spatial(cfg) else CVAEConfig.from_dict(cfg))
+        else:
+            model = build_cinn(
+                SpatialCINNConfig.from_dict(cfg) if is_spatial(cfg) else CINNConfig.from_dict(cfg), seed=None
+            )
+    except (TypeError, ValueError, KeyError) as exc:
+        raise WeightsError(f"the card's {label} configuration is not valid ({exc})", path) from None
     _load_strict(model, state, path)
     return model.to(device).eval(), card
 

@@ -217,6 +217,7 @@ def _summarise(per_slice: list[dict], check: bool, consistent: bool) -> dict:
 def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, parameters, consistency) -> dict:
     cards = sampler.cards or {}
     tiled = hasattr(sampler, "patch")
+    learned = hasattr(sampler, "cvae")
     return {
         "ctinvariances_version": __version__,
         "torch_version": torch.__version__,
@@ -231,9 +232,9 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "denoiser": sampler.denoiser.describe(),
         "sampler": sampler.kind,
         "consistency": consistency,
-        "cvae": {k: (cards.get("cvae") or {}).get(k) for k in ("file", "sha256", "size")} if tiled else None,
+        "cvae": {k: (cards.get("cvae") or {}).get(k) for k in ("file", "sha256", "size")} if learned else None,
         "cinn": None
-        if not tiled or sampler.cinn is None
+        if not learned or sampler.cinn is None
         else {k: (cards.get("cinn") or {}).get(k) for k in ("file", "sha256")},
         "n_samples": n_samples,
         "seed": seed,

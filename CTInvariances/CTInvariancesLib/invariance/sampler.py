@@ -22,6 +22,7 @@ from ..normalization import MEAN, STD, hu_to_normalized
 from .cinn import ConditionalINN
 from .cvae import ConditionalVAE
 from .models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path
+from .spatial import SpatialCINN, SpatialCVAE
 
 AIR_HU = -900.0  # tiles whose f(x) stays below this everywhere are air: left as they are
 # "shared": sample k uses the same v in every tile (coherent overlaps; the texture may repeat with
@@ -118,7 +119,8 @@ class InvarianceSampler:
         use_cinn: bool = True,
         **kw,
     ) -> InvarianceSampler:
-        """Bundled models by default: ``InvarianceSampler.load("cnn10")``."""
+        """Bundled models by default: ``InvarianceSampler.load("cnn10")``. A spatial-latent cVAE
+        gives a :class:`SpatialInvarianceSampler` (whole slices, no tiles)."""
         den = denoiser if isinstance(denoiser, Denoiser) else load_denoiser(denoiser, device=device)
         cvae_path = resolve_cvae_path(cvae)
         vae, vae_card = load_cvae(cvae_path, device)
@@ -126,7 +128,16 @@ class InvarianceSampler:
         if use_cinn:
             inn, inn_card = load_cinn(resolve_cinn_path(cinn, den.name, cvae_path), device)
             _check_cinn_matches(inn_card, den, vae_card)
-        sampler = cls(den, vae, inn, device, **kw)
+            if isinstance(inn, SpatialCINN) != isinstance(vae, SpatialCVAE):
+                from ..errors import WeightsError
+
+                raise WeightsError("this cINN does not fit the cVAE (spatial and tiled models mixed)",
+                                   Path(inn_card.get("file", "cINN")))
+        if isinstance(vae, SpatialCVAE):
+            kw = {k: v for k, v in kw.items() if k in ("amp",)}
+            sampler = SpatialInvarianceSampler(den, vae, inn, device, **kw)
+        else:
+            sampler = cls(den, vae, inn, device, **kw)
         sampler.cards = {"cvae": vae_card, "cinn": inn_card}
         return sampler
 
@@ -225,6 +236,102 @@ class InvarianceSampler:
             z = vv if self.cinn is None else self.cinn.reverse(vv, cond)
             xt = self.cvae.decode(z, cond)
         return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
+
+
+MAX_BATCH_PIXELS = 2**21
+
+
+class SpatialInvarianceSampler:
+    """Invariance samples from the spatial-latent engine: the whole slice in one pass.
+
+    v ~ N(0, T^2 I) of the latent map's shape -> z~ = t^-1(v | f(x)) -> x~ = D(z~, f(x)). f(x) and its
+    cINN features are computed once per slice; sample k's v is drawn from (seed, k), so it does not
+    depend on K or on the batch size. ``cinn=None`` samples z from the cVAE prior instead.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        cvae: SpatialCVAE,
+        cinn: SpatialCINN | None,
+        device: str | torch.device = "cpu",
+        amp: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.denoiser = denoiser.to(self.device)
+        self.cvae = cvae.to(self.device).eval()
+        self.cinn = None if cinn is None else cinn.to(self.device).eval()
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+        self.cards: dict = {}
+        self.last_batch_size = 0
+
+    @property
+    def kind(self) -> str:
+        return "prior" if self.cinn is None else "cinn"
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        x_hu,
+        n_samples: int,
+        temperature: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 4,
+        denoised_hu: np.ndarray | None = None,
+        slice_index: int = 0,
+        pixel_mm: tuple[float, float] | None = None,
+    ) -> SliceSamples:
+        """K samples of one slice ``x_hu`` [H, W] (HU); ``batch_size`` samples decoded at a time
+        (halved on out-of-memory)."""
+        x, fx = _slice_and_denoised(self.denoiser, x_hu, n_samples, denoised_hu)
+        h, w = x.shape
+        m = self.cvae.multiple
+        hp, wp = -(-h // m) * m, -(-w // m) * m
+        fp = np.full((hp, wp), -1000.0, np.float32)  # padded with air to a multiple of 2**down
+        fp[:h, :w] = fx
+        fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)[None, None]
+        emb = None if self.cinn is None else self.cinn.embed(fx_t)
+        shape = self.cvae.latent_shape(hp, wp)
+        out = np.empty((n_samples, h, w), np.float32)
+        # at most ~2 M pixels per batch: a 512 x 512 slice decodes 8 samples at a time
+        batch_size = max(1, min(int(batch_size), MAX_BATCH_PIXELS // (hp * wp)))
+        start = 0
+        while start < n_samples:
+            n = min(batch_size, n_samples - start)
+            v = latent_map_draws(n, shape, seed, temperature, offset=start).to(self.device)
+            try:
+                xt = self._decode(v, fx_t, emb)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            out[start : start + n] = xt[:, :h, :w]
+            start += n
+        self.last_batch_size = batch_size
+        return SliceSamples(samples=out, denoised=fx, sampled_mask=np.ones((h, w), bool))
+
+    def _decode(self, v: torch.Tensor, fx_t: torch.Tensor, emb: torch.Tensor | None) -> np.ndarray:
+        n = v.shape[0]
+        fxb = fx_t.expand(n, -1, -1, -1)
+        # the flow in float32 (its inverse amplifies rounding); the decoder may use bf16 on a GPU
+        z = v if self.cinn is None else self.cinn.reverse(v, fxb, emb.expand(n, -1, -1, -1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            xt = self.cvae.decode(z, fxb)
+        return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
+
+
+def latent_map_draws(
+    n: int, shape: tuple[int, int, int], seed: int, temperature: float = 1.0, offset: int = 0
+) -> torch.Tensor:
+    """v maps for samples offset..offset+n-1, each drawn from (seed, k) alone."""
+    out = torch.empty((n, *shape))
+    for i in range(n):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + offset + i)
+        out[i] = torch.randn(shape, generator=gen)
+    return out * float(temperature)
 
 
 class NoiseSampler:

@@ -87,6 +87,15 @@ def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def broadcast_float(value: float, ctx: DistContext) -> float:
+    """Rank 0's value on every rank."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.broadcast(t, src=0)
+    return float(t)
+
+
 def mean_scalars(values: dict[str, float], ctx: DistContext) -> dict[str, float]:
     if not ctx.enabled or not values:
         return values

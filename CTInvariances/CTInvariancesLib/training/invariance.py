@@ -30,19 +30,52 @@ from torch.nn.parallel import DistributedDataParallel
 from ..denoisers import DENOISER_NAMES
 from ..denoisers.loading import Denoiser, load_denoiser
 from ..errors import CTInvariancesError
-from ..invariance.cinn import CINNConfig, ConditionalINN
-from ..invariance.cvae import ConditionalVAE, CVAEConfig
-from ..invariance.models import cinn_config_for, load_cvae, save_cinn, save_cvae
+from ..invariance.cinn import CINNConfig
+from ..invariance.cvae import CVAEConfig
+from ..invariance.models import (
+    build_cinn,
+    build_cvae,
+    cinn_config_for,
+    cinn_fits,
+    load_cvae,
+    save_cinn,
+    save_cvae,
+)
+from ..invariance.spatial import SpatialCINNConfig, SpatialCVAEConfig
 from . import distributed as ddp
 from .data import PatchSampler, cache_dir, make_pairs
 
+MODEL_SIZES = ("spatial", "compact", "paper")
 
-def model_configs(size: str) -> tuple[CVAEConfig, CINNConfig]:
+
+def model_configs(size: str) -> tuple[CVAEConfig | SpatialCVAEConfig, CINNConfig | SpatialCINNConfig]:
     if size == "paper":
         return CVAEConfig.paper(), CINNConfig.paper()
     if size == "compact":
         return CVAEConfig.compact(), CINNConfig.compact()
-    raise ValueError(f"unknown model size {size!r} (paper or compact)")
+    if size == "spatial":
+        return SpatialCVAEConfig(), SpatialCINNConfig()
+    raise ValueError(f"unknown model size {size!r} ({', '.join(MODEL_SIZES)})")
+
+
+# Loss weights and schedule per size where they differ from the paper's (CVAETrainingConfig's
+# defaults). The spatial latent has about one element per pixel: the paper's KL weight (0.575 on the
+# summed KL) would outweigh the summed L1 about 10^4-fold and collapse the posterior, so the map
+# carries no noise. With 1e-5 a latent element costs about 1 % of a pixel's L1 weight: the
+# reconstruction keeps the noise of x (posterior std well below the noise) and the KL still keeps the
+# codes at unit scale. No critic: the latent is complete enough that L1 alone reconstructs texture.
+SIZE_RECIPES = {
+    "spatial": {"kl_weight": 1e-5, "adv_weight": 0.0, "lr": 4e-4, "batch_size": 16},
+}
+
+
+def recipe_value(size: str, name: str, given):
+    """``given`` when set, else the size's recipe value, else CVAETrainingConfig's default."""
+    if given is not None:
+        return given
+    if name in SIZE_RECIPES.get(size, {}):
+        return SIZE_RECIPES[size][name]
+    return CVAETrainingConfig.__dataclass_fields__[name].default
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -209,13 +242,24 @@ class _Checkpointed:
         loop = _Loop(self.out, self.ctx, cfg.steps, desc, progress, cfg.checkpoint_every)
         loop.bar.n = self.step
         t0, base = time.perf_counter(), self.elapsed
+        self.total = cfg.steps
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        first, probe = self.step, self.step + 20
         while self.step < end:
-            lr = cfg.lr * (0.1 if self.step >= int(0.85 * cfg.steps) else 1.0)  # late decay
+            lr = cfg.lr * (0.1 if self.step >= int(0.85 * self.total) else 1.0)  # late decay
             for g in self.opt.param_groups:
                 g["lr"] = lr
             losses = step_fn(sampler)
             self.step += 1
+            if cfg.time_limit_s and self.step == probe:
+                # a time budget becomes a step count (same on every rank: rank 0's rate is broadcast),
+                # so the schedule (late decay) and the export still happen
+                spent = time.perf_counter() - t0
+                rate = ddp.broadcast_float((self.step - first) / max(spent, 1e-6), self.ctx)
+                fit = self.step + int(rate * max(cfg.time_limit_s - base - spent, 0.0))
+                self.total = max(self.step, min(cfg.steps, fit))
+                end = min(end, self.total)
+                loop.bar.total = self.total
             loop.update(self.step, losses)
             if loop.due(self.step, end):
                 self.elapsed = base + time.perf_counter() - t0
@@ -226,7 +270,7 @@ class _Checkpointed:
             trained = {"model": self.model, **({"critic": self.critic} if hasattr(self, "critic") else {})}
             (self.out / f"rank{self.ctx.rank}.sha256").write_text(_state_digest(trained) + "\n")
         ddp.broadcast_buffers(self.model, self.ctx)
-        return self.step >= cfg.steps and self.ctx.is_main
+        return self.step >= self.total and self.ctx.is_main
 
 
 class _Loop:
@@ -296,7 +340,8 @@ class CVAETrainingConfig:
     seed: int = 0
     checkpoint_every: int = 200
     device: str = "auto"
-    model_config: CVAEConfig | None = None  # overrides ``size`` (custom sizes, tests)
+    time_limit_s: float | None = None  # train for at most this long (steps scaled down to fit)
+    model_config: CVAEConfig | SpatialCVAEConfig | None = None  # overrides ``size`` (custom sizes, tests)
 
 
 class CVAETrainer(_Checkpointed):
@@ -310,7 +355,7 @@ class CVAETrainer(_Checkpointed):
         self.source = source
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model_cfg = cfg.model_config or model_configs(cfg.size)[0]
-        self.model = ConditionalVAE(self.model_cfg).to(self.device)
+        self.model = build_cvae(self.model_cfg).to(self.device)
         self.critic = ConditionalCritic(self.model_cfg.patch, cfg.critic_width).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.copt = torch.optim.Adam(
@@ -473,7 +518,8 @@ class CINNTrainingConfig:
     seed: int = 0
     checkpoint_every: int = 200
     device: str = "auto"
-    model_config: CINNConfig | None = None  # default: the layout that goes with the cVAE
+    time_limit_s: float | None = None  # train for at most this long (steps scaled down to fit)
+    model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
 class CINNTrainer(_Checkpointed):
@@ -495,11 +541,11 @@ class CINNTrainer(_Checkpointed):
         self.cvae, self.cvae_card = load_cvae(cfg.cvae, device=self.device)
         self.cvae.eval().requires_grad_(False)
         cinn_cfg = cfg.model_config or cinn_config_for(self.cvae.cfg)
-        if cinn_cfg.z_dim != self.cvae.z_dim or cinn_cfg.cond_size != self.cvae.patch:
+        if not cinn_fits(cinn_cfg, self.cvae):
             raise CTInvariancesError(
-                "the cINN configuration does not fit this cVAE (z_dim / patch)", cfg.cvae
+                "the cINN configuration does not fit this cVAE (latent shape / patch)", cfg.cvae
             )
-        self.model = ConditionalINN(cinn_cfg, seed=cfg.seed).to(self.device)
+        self.model = build_cinn(cinn_cfg, seed=cfg.seed).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step, self.elapsed = 0, 0.0
         self.out = Path(cfg.out)
@@ -525,7 +571,7 @@ class CINNTrainer(_Checkpointed):
     def _nll_step(self, sampler) -> dict[str, float]:
         z, fx = self._latents(sampler)
         v, logdet = self.ddp_model(z, fx)
-        nll = 0.5 * (v**2).mean() - logdet.mean() / v.shape[1]
+        nll = 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()
         self.opt.zero_grad(set_to_none=True)
         nll.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)

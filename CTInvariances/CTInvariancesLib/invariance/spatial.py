@@ -1,0 +1,310 @@
+"""The spatial-latent engine: a fully convolutional cVAE whose latent is a map (C x H/s x W/s), and a
+convolutional conditional INN on that map. Both apply to a whole slice in one pass: no tiles, no
+seams, f(x) computed once per slice.
+
+Why (README, "The spatial-latent engine"): a global latent of 64-256 numbers per 64-128 px tile
+cannot carry pixel-level noise, so the tiled engine's samples vary little. Here the latent keeps
+about one number per pixel (C = 4 channels at half resolution), so the decoder can reproduce the
+noise of x, and the cINN - invertible 1x1 convolutions and affine couplings whose subnetworks see
+features of f(x) at the latent's resolution (Ardizzone et al., "Guided image generation with
+conditional invertible neural networks") - maps the latent map to v ~ N(0, I) of the same shape.
+
+All tensors in the ldct-benchmark normalised units, [B, 1, H, W]; H and W multiples of 2**down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cvae import LOGVAR_RANGE
+from .layers import ActNorm
+
+ARCH = "spatial"
+
+
+@dataclass(frozen=True)
+class SpatialCVAEConfig:
+    latent_ch: int = 4
+    down: int = 1  # the latent has 1 / 2**down of the slice's resolution
+    width: int = 24  # channels at full resolution
+    latent_width: int = 48  # channels at the latent's resolution
+    blocks: int = 2  # residual blocks at the latent's resolution (encoder and decoder)
+    patch: int = 128  # training crop size (any multiple of 2**down applies)
+    arch: str = ARCH
+    name: str = field(default="spatial", compare=False)
+
+    @property
+    def multiple(self) -> int:
+        return 2**self.down
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> SpatialCVAEConfig:
+        return SpatialCVAEConfig(**d)
+
+
+@dataclass(frozen=True)
+class SpatialCINNConfig:
+    latent_ch: int = 4
+    down: int = 1
+    n_flows: int = 8
+    hidden: int = 40  # coupling subnetwork channels
+    cond_width: int = 32  # channels of the f(x) features the couplings see
+    clamp: float = 2.0  # soft bound of the log-scales: |s| < clamp
+    arch: str = ARCH
+    name: str = field(default="spatial", compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> SpatialCINNConfig:
+        return SpatialCINNConfig(**d)
+
+
+def is_spatial(cfg_dict: dict) -> bool:
+    return cfg_dict.get("arch") == ARCH
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class SpatialGaussian:
+    """q(z | x, f(x)) as a map: mean and clamped log-variance, [B, C, h, w] each."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.mean, logvar = params.chunk(2, dim=1)
+        self.logvar = logvar.clamp(*LOGVAR_RANGE)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per sample, summed over the map."""
+        return 0.5 * (self.mean**2 + self.std**2 - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+
+
+class SpatialEncoder(nn.Module):
+    def __init__(self, cfg: SpatialCVAEConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(2, cfg.width, 3, padding=1), ResBlock(cfg.width)]
+        ch = cfg.width
+        for _ in range(cfg.down):
+            layers += [nn.Conv2d(ch, cfg.latent_width, 3, stride=2, padding=1), ResBlock(cfg.latent_width)]
+            ch = cfg.latent_width
+        layers += [ResBlock(ch) for _ in range(cfg.blocks - 1)]
+        layers += [nn.SiLU(), nn.Conv2d(ch, 2 * cfg.latent_ch, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, fx], 1))
+
+
+class SpatialDecoder(nn.Module):
+    """x^ = f(x) + D(z, f(x)); features of f(x) enter at every scale."""
+
+    def __init__(self, cfg: SpatialCVAEConfig) -> None:
+        super().__init__()
+        self.down = cfg.down
+        widths = [cfg.width] + [cfg.latent_width] * cfg.down  # per scale, full resolution first
+        self.cond = nn.ModuleList([nn.Conv2d(1, widths[0], 3, padding=1)])
+        for i in range(cfg.down):
+            self.cond.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1))
+        self.inp = nn.Conv2d(cfg.latent_ch + widths[-1], widths[-1], 3, padding=1)
+        self.mid = nn.Sequential(*[ResBlock(widths[-1]) for _ in range(cfg.blocks)])
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        self.post = nn.ModuleList()
+        for i in reversed(range(cfg.down)):
+            self.up.append(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1))
+            self.merge.append(nn.Conv2d(2 * widths[i], widths[i], 3, padding=1))
+            self.post.append(ResBlock(widths[i]))
+        self.out = nn.Conv2d(widths[0], 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # starts as x^ = f(x)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        feats = []
+        h = fx
+        for conv in self.cond:
+            h = F.silu(conv(h))
+            feats.append(h)
+        h = self.mid(self.inp(torch.cat([z.to(feats[-1].dtype), feats[-1]], 1)))
+        for j, (up, merge, post) in enumerate(zip(self.up, self.merge, self.post)):
+            h = up(F.interpolate(F.silu(h), scale_factor=2.0, mode="nearest"))
+            h = post(merge(torch.cat([h, feats[-2 - j]], 1)))
+        # the residual in float32: f(x) spans ~5 normalised units, bf16 would round it to ~5 HU
+        return self.out(F.silu(h)).float() + fx.float()
+
+
+class SpatialCVAE(nn.Module):
+    """E(x, f(x)) -> q(z) on a latent map, D(z, f(x)) -> x; fully convolutional."""
+
+    def __init__(self, cfg: SpatialCVAEConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or SpatialCVAEConfig()
+        self.encoder = SpatialEncoder(self.cfg)
+        self.decoder = SpatialDecoder(self.cfg)
+
+    @property
+    def patch(self) -> int:
+        return self.cfg.patch
+
+    @property
+    def latent_ch(self) -> int:
+        return self.cfg.latent_ch
+
+    @property
+    def multiple(self) -> int:
+        return self.cfg.multiple
+
+    def latent_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        m = self.multiple
+        return (self.cfg.latent_ch, h // m, w // m)
+
+    def encode(self, x: torch.Tensor, fx: torch.Tensor) -> SpatialGaussian:
+        return SpatialGaussian(self.encoder(x, fx))
+
+    def decode(self, z: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, fx)
+
+    def forward(self, x: torch.Tensor, fx: torch.Tensor, generator: torch.Generator | None = None):
+        """(KL per sample, reconstruction from a posterior sample, the posterior)."""
+        q = self.encode(x, fx)
+        return q.kl(), self.decode(q.sample(generator), fx), q
+
+
+# --- the convolutional cINN ------------------------------------------------------------------
+
+
+class Invertible1x1Conv(nn.Module):
+    """z -> W z per pixel (Glow), W initialised as a random rotation; log|det| = h w log|det W|."""
+
+    def __init__(self, ch: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(ch, ch, generator=generator))
+        self.weight = nn.Parameter(q)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight.float()
+        ld = torch.linalg.slogdet(w)[1] * x.shape[2] * x.shape[3]
+        return F.conv2d(x, w[:, :, None, None]), ld.expand(x.shape[0])
+
+    def reverse(self, h: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(h, torch.linalg.inv(self.weight.float())[:, :, None, None])
+
+
+class ConvCoupling(nn.Module):
+    """Affine coupling on channels: b' = b exp(s) + t, (s, t) = net([a, features of f(x)]),
+    s soft-clamped to (-clamp, clamp); the last conv starts at zero so the block starts as identity."""
+
+    def __init__(self, ch: int, cond_width: int, hidden: int, clamp: float) -> None:
+        super().__init__()
+        self.na = ch // 2
+        nb = ch - self.na
+        self.clamp = clamp
+        self.net = nn.Sequential(
+            nn.Conv2d(self.na + cond_width, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, 2 * nb, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _st(self, a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self.net(torch.cat([a, c], 1)).chunk(2, dim=1)
+        return self.clamp * torch.tanh(s / self.clamp), t
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = x[:, : self.na], x[:, self.na :]
+        s, t = self._st(a, c)
+        return torch.cat([a, b * s.exp() + t], 1), s.sum(dim=(1, 2, 3))
+
+    def reverse(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        a, b = h[:, : self.na], h[:, self.na :]
+        s, t = self._st(a, c)
+        return torch.cat([a, (b - t) * (-s).exp()], 1)
+
+
+class SpatialFlowStep(nn.Module):
+    """ActNorm -> invertible 1x1 convolution -> conditional affine coupling."""
+
+    def __init__(self, cfg: SpatialCINNConfig, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.norm = ActNorm(cfg.latent_ch, logdet=True)
+        self.mix = Invertible1x1Conv(cfg.latent_ch, generator)
+        self.coupling = ConvCoupling(cfg.latent_ch, cfg.cond_width, cfg.hidden, cfg.clamp)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, ld0 = self.norm(x)
+        h, ld1 = self.mix(h)
+        h, ld2 = self.coupling(h, c)
+        return h, ld0 + ld1 + ld2
+
+    def reverse(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.norm.reverse(self.mix.reverse(self.coupling.reverse(h, c)))
+
+
+class ConditionEmbedder(nn.Module):
+    """f(x) -> features at the latent's resolution (computed once per slice)."""
+
+    def __init__(self, cfg: SpatialCINNConfig) -> None:
+        super().__init__()
+        w = cfg.cond_width
+        layers: list[nn.Module] = [nn.Conv2d(1, w, 3, padding=1), nn.SiLU()]
+        for _ in range(cfg.down):
+            layers += [nn.Conv2d(w, w, 3, stride=2, padding=1), nn.SiLU()]
+        layers += [ResBlock(w), ResBlock(w)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, fx: torch.Tensor) -> torch.Tensor:
+        return self.net(fx)
+
+
+class SpatialCINN(nn.Module):
+    """v = t(z | f(x)) with v ~ N(0, I); z and v are latent maps [B, C, h, w], f(x) [B, 1, H, W]."""
+
+    def __init__(self, cfg: SpatialCINNConfig | None = None, seed: int | None = 0) -> None:
+        super().__init__()
+        self.cfg = cfg or SpatialCINNConfig()
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        self.steps = nn.ModuleList([SpatialFlowStep(self.cfg, gen) for _ in range(self.cfg.n_flows)])
+        self.embedder = ConditionEmbedder(self.cfg)
+
+    def embed(self, fx: torch.Tensor) -> torch.Tensor:
+        return self.embedder(fx)
+
+    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None):
+        """(v, exact log|det dv/dz|) per sample."""
+        c = self.embed(fx) if embedding is None else embedding
+        logdet = z.new_zeros(z.shape[0])
+        for step in self.steps:
+            z, ld = step(z, c)
+            logdet = logdet + ld
+        return z, logdet
+
+    def reverse(self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.embed(fx) if embedding is None else embedding
+        for step in reversed(self.steps):
+            v = step.reverse(v, c)
+        return v
+
+    def nll(self, z: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of (0.5 |v|^2 - log det) per latent element."""
+        v, logdet = self(z, fx)
+        return 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()
