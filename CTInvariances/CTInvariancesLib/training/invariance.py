@@ -59,13 +59,14 @@ def model_configs(size: str) -> tuple[CVAEConfig | SpatialCVAEConfig, CINNConfig
 
 
 # Loss weights and schedule per size where they differ from the paper's (CVAETrainingConfig's
-# defaults). The spatial latent has about one element per pixel: the paper's KL weight (0.575 on the
-# summed KL) would outweigh the summed L1 about 10^4-fold and collapse the posterior, so the map
-# carries no noise. With 1e-5 a latent element costs about 1 % of a pixel's L1 weight: the
-# reconstruction keeps the noise of x (posterior std well below the noise) and the KL still keeps the
-# codes at unit scale. No critic: the latent is complete enough that L1 alone reconstructs texture.
+# defaults). The spatial latent has about one element per pixel. Encoding a pixel's noise (std s in
+# normalised units) saves about l1_weight * 0.8 s of L1 and costs about kl_weight * 3 nats of KL: with
+# s = 0.01 (5 HU, the quieter held-out slices) the saving is ~1e-5, so kl_weight 1e-5 collapsed the
+# posterior on a GPU run (KL 0.04 nats per 128 px crop: the latent carried nothing) and the paper's
+# 0.575 does so by far. 1e-7 keeps encoding worthwhile down to ~0.1 HU of noise; the KL still keeps the
+# codes at unit scale. No critic: with a complete latent, L1 alone reconstructs the texture.
 SIZE_RECIPES = {
-    "spatial": {"kl_weight": 1e-5, "adv_weight": 0.0, "lr": 4e-4, "batch_size": 16},
+    "spatial": {"kl_weight": 1e-7, "adv_weight": 0.0, "lr": 4e-4, "batch_size": 16},
 }
 
 
@@ -201,6 +202,9 @@ class _Checkpointed:
     def _ckpt(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    def _log_name(self) -> str:
+        return "log.jsonl"
+
     def _extra_state(self) -> dict:
         return {}
 
@@ -239,19 +243,19 @@ class _Checkpointed:
         """Run ``step_fn(sampler) -> losses`` up to cfg.steps (or ``stop_at``) with checkpoints and the
         log; True when training is complete and this process should export."""
         cfg = self.cfg
-        loop = _Loop(self.out, self.ctx, cfg.steps, desc, progress, cfg.checkpoint_every)
+        loop = _Loop(self.out, self.ctx, cfg.steps, desc, progress, cfg.checkpoint_every, self._log_name())
         loop.bar.n = self.step
         t0, base = time.perf_counter(), self.elapsed
         self.total = cfg.steps
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        first, probe = self.step, self.step + 20
+        first, probes = self.step, (self.step + 20, self.step + 300)
         while self.step < end:
             lr = cfg.lr * (0.1 if self.step >= int(0.85 * self.total) else 1.0)  # late decay
             for g in self.opt.param_groups:
                 g["lr"] = lr
             losses = step_fn(sampler)
             self.step += 1
-            if cfg.time_limit_s and self.step == probe:
+            if cfg.time_limit_s and self.step in probes:
                 # a time budget becomes a step count (same on every rank: rank 0's rate is broadcast),
                 # so the schedule (late decay) and the export still happen
                 spent = time.perf_counter() - t0
@@ -277,10 +281,11 @@ class _Loop:
     """Checkpointed step loop with a progress bar and a JSON-lines log (rank 0 writes)."""
 
     def __init__(
-        self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool, checkpoint_every: int
+        self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool, checkpoint_every: int,
+        log_name: str = "log.jsonl",
     ) -> None:
         self.out, self.ctx, self.total, self.every = out, ctx, total, checkpoint_every
-        self.log_path = out / "log.jsonl"
+        self.log_path = out / log_name
         self.running: dict[str, float] = {}
         from tqdm import tqdm
 
@@ -567,6 +572,14 @@ class CINNTrainer(_Checkpointed):
 
     def _stateful(self) -> dict:
         return {"model": self.model, "opt": self.opt}
+
+    # its own checkpoint and log, so a cINN can be trained in the cVAE's folder (where the sampler looks
+    # for it) without resuming from the cVAE's checkpoint
+    def _ckpt(self) -> Path:
+        return self.out / f"checkpoint-cinn-{self.denoiser.name}.pt"
+
+    def _log_name(self) -> str:
+        return f"log-cinn-{self.denoiser.name}.jsonl"
 
     def _nll_step(self, sampler) -> dict[str, float]:
         z, fx = self._latents(sampler)
