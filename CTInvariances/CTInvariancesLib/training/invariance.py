@@ -247,7 +247,8 @@ class _Checkpointed:
         loop.bar.n = self.step
         t0, base = time.perf_counter(), self.elapsed
         self.total = cfg.steps
-        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        cap = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        end = cap
         first, probes = self.step, (self.step + 20, self.step + 300)
         while self.step < end:
             lr = cfg.lr * (0.1 if self.step >= int(0.85 * self.total) else 1.0)  # late decay
@@ -262,7 +263,7 @@ class _Checkpointed:
                 rate = ddp.broadcast_float((self.step - first) / max(spent, 1e-6), self.ctx)
                 fit = self.step + int(rate * max(cfg.time_limit_s - base - spent, 0.0))
                 self.total = max(self.step, min(cfg.steps, fit))
-                end = min(end, self.total)
+                end = min(cap, self.total)  # a later probe may raise the estimate again
                 loop.bar.total = self.total
             loop.update(self.step, losses)
             if loop.due(self.step, end):
