@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="train for at most this long: the step count is scaled down to fit")
     t.add_argument("--batch-size", type=int, default=64, help="per process")
+    t.add_argument("--patch", type=int, help="crop size (spatial engines; default: the cVAE's)")
+    t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--dose", type=float, default=0.25)
     t.add_argument("--realisations", type=int, default=2)
@@ -419,7 +421,7 @@ def _train_cinn(args) -> int:
         denoiser_input_convention=args.input_convention, data=tuple(args.data), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, dose_fraction=args.dose, realisations=args.realisations,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
-        time_limit_s=_minutes(args.time_limit),
+        time_limit_s=_minutes(args.time_limit), patch=args.patch, init=args.init,
     )
     return _run_trainer(CINNTrainer, cfg, args.device)
 

@@ -202,13 +202,15 @@ class ConditionalINN(nn.Module):
     def embed(self, fx: torch.Tensor) -> torch.Tensor:
         return self.embedder(fx)
 
-    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None):
-        """(v, exact log|det dv/dz|) per sample."""
+    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
+                noise_hu=None):
+        """(v, exact log|det dv/dz|) per sample. ``noise_hu`` is accepted for a common interface with
+        the spatial cINN and not used (the published layout is conditioned on f(x) alone)."""
         c = self.embed(fx) if embedding is None else embedding
         return self.flow(z.flatten(1), c)
 
     def reverse(
-        self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None
+        self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None, noise_hu=None
     ) -> torch.Tensor:
         c = self.embed(fx) if embedding is None else embedding
         return self.flow.reverse(v.flatten(1), c)

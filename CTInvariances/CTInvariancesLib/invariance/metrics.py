@@ -24,6 +24,7 @@ class PatchSet:
     x: torch.Tensor
     fx: torch.Tensor
     fd: torch.Tensor | None = None
+    noise_hu: torch.Tensor | None = None  # [N] noise level of each patch's slice (HU)
 
 
 def holdout_patches(
@@ -33,12 +34,17 @@ def holdout_patches(
     from ..datasets import make_pairs
     from ..evaluation import HOLDOUT_SEED
 
+    from .sampler import slice_noise_hu
+
     pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)
     fx = denoiser.denoise_slices(pairs["ld"], batch_size=2)
-    return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed)
+    noise = np.array([slice_noise_hu(s) for s in pairs["ld"]], np.float32)
+    return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed, noise_hu=noise)
 
 
-def random_patches(stacks_hu: list[np.ndarray], patch: int, n: int, seed: int) -> PatchSet:
+def random_patches(
+    stacks_hu: list[np.ndarray], patch: int, n: int, seed: int, noise_hu: np.ndarray | None = None
+) -> PatchSet:
     """Aligned random patches from slice stacks (x, f(x)[, full dose]) in HU, skipping mostly-air
     patches (mean of the last stack below -900 HU); returned normalised."""
     rng = np.random.default_rng(seed)
@@ -56,7 +62,8 @@ def random_patches(stacks_hu: list[np.ndarray], patch: int, n: int, seed: int) -
         )[:, None]
         for s in stacks_hu
     ]
-    return PatchSet(out[0], out[1], out[2] if len(out) > 2 else None)
+    noise = None if noise_hu is None else torch.tensor([float(noise_hu[i]) for i, _, _ in picks])
+    return PatchSet(out[0], out[1], out[2] if len(out) > 2 else None, noise)
 
 
 @torch.inference_mode()
@@ -69,9 +76,10 @@ def invertibility(
     errs, vs = [], []
     for s in range(0, len(ps.x), batch):
         x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
+        nz = _noise(ps, slice(s, s + batch), dev)
         z = _posterior_sample(cvae.encode(x, fx), gen)
-        v, _ = cinn(z, fx)
-        errs.append((cinn.reverse(v, fx) - z).abs().max().cpu())
+        v, _ = cinn(z, fx, noise_hu=nz)
+        errs.append((cinn.reverse(v, fx, noise_hu=nz) - z).abs().max().cpu())
         vs.append(v.cpu())
     v = torch.cat(vs)
     # per latent dimension (global latent) or per latent channel (latent map)
@@ -110,8 +118,9 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
         q = cvae.encode(x, fx)
         z = _posterior_sample(q, gen)
         kls.append(q.kl().cpu())
-        for out, cond in ((true_nll, fx), (shuffled_nll, ps.fx[perm[idx]].to(dev))):
-            v, logdet = cinn(z, cond)
+        for out, cond, nz in ((true_nll, fx, _noise(ps, idx, dev)),
+                              (shuffled_nll, ps.fx[perm[idx]].to(dev), _noise(ps, perm[idx], dev))):
+            v, logdet = cinn(z, cond, noise_hu=nz)
             out.append((0.5 * (v**2).flatten(1).mean(1) - logdet / v[0].numel()).cpu())
         prior_nll.append((0.5 * (z.flatten(1) ** 2).mean(1)).cpu())
     return {
@@ -122,6 +131,10 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
         },
         "posterior_kl_nats": float(torch.cat(kls).mean()),
     }
+
+
+def _noise(ps: PatchSet, idx, dev) -> torch.Tensor | None:
+    return None if ps.noise_hu is None else ps.noise_hu[idx].to(dev)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -330,7 +343,7 @@ def latent_usage(cvae, cinn, ps: PatchSet, batch: int = 50, seed: int = 0) -> di
         acc["z"].append(_posterior_sample(q, gen).cpu())
         if cinn is not None:
             v = torch.randn(q.mean.shape, generator=gen).to(dev)
-            zc = cinn.reverse(v, fx)
+            zc = cinn.reverse(v, fx, noise_hu=_noise(ps, slice(s, s + batch), dev))
             acc["zc"].append(zc.cpu())
             xs = cvae.decode(zc, fx)
             acc["pow_s"].append(((xs - fx) ** 2).flatten(1).mean(1).cpu())

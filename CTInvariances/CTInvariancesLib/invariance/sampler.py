@@ -290,7 +290,8 @@ class SpatialInvarianceSampler:
         fp = np.full((hp, wp), -1000.0, np.float32)  # padded with air to a multiple of 2**down
         fp[:h, :w] = fx
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)[None, None]
-        emb = None if self.cinn is None else self.cinn.embed(fx_t)
+        self.last_noise_hu = slice_noise_hu(x)
+        emb = None if self.cinn is None else self.cinn.embed(fx_t, self.last_noise_hu)
         shape = self.cvae.latent_shape(hp, wp)
         out = np.empty((n_samples, h, w), np.float32)
         # at most ~2 M pixels per batch: a 512 x 512 slice decodes 8 samples at a time
@@ -321,6 +322,13 @@ class SpatialInvarianceSampler:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             xt = self.cvae.decode(z, fxb)
         return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
+
+
+def slice_noise_hu(x_hu: np.ndarray) -> float:
+    """The noise level of a slice that the spatial cINN is conditioned on (training uses the same)."""
+    from ..lowdose import estimate_noise_hu
+
+    return estimate_noise_hu(x_hu)
 
 
 def latent_map_draws(

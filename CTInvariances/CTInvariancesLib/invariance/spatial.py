@@ -57,6 +57,9 @@ class SpatialCINNConfig:
     hidden: int = 40  # coupling subnetwork channels
     cond_width: int = 32  # channels of the f(x) features the couplings see
     clamp: float = 2.0  # soft bound of the log-scales: |s| < clamp
+    # condition also on the noise level of x (the project's estimator, one number per slice): f(x)
+    # does not say how noisy x was, and p(z | f(x)) differs between a 5 HU and a 25 HU slice
+    noise_condition: bool = True
     arch: str = ARCH
     name: str = field(default="spatial", compare=False)
 
@@ -65,7 +68,8 @@ class SpatialCINNConfig:
 
     @staticmethod
     def from_dict(d: dict) -> SpatialCINNConfig:
-        return SpatialCINNConfig(**d)
+        # cards written before the noise-level condition existed describe models without it
+        return SpatialCINNConfig(**{"noise_condition": False, **d})
 
 
 def is_spatial(cfg_dict: dict) -> bool:
@@ -260,13 +264,22 @@ class SpatialFlowStep(nn.Module):
         return self.norm.reverse(self.mix.reverse(self.coupling.reverse(h, c)))
 
 
+NOISE_REFERENCE_HU = 20.0
+
+
+def noise_level_map(noise_hu: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """log(sigma / 20 HU) as a constant map per sample, shaped as ``like`` [B, 1, H, W]."""
+    n = torch.as_tensor(noise_hu, dtype=like.dtype, device=like.device).reshape(-1, 1, 1, 1)
+    return torch.log(n.clamp_min(0.1) / NOISE_REFERENCE_HU).expand(like.shape[0], 1, *like.shape[2:])
+
+
 class ConditionEmbedder(nn.Module):
-    """f(x) -> features at the latent's resolution (computed once per slice)."""
+    """[f(x), noise level of x] -> features at the latent's resolution (computed once per slice)."""
 
     def __init__(self, cfg: SpatialCINNConfig) -> None:
         super().__init__()
         w = cfg.cond_width
-        layers: list[nn.Module] = [nn.Conv2d(1, w, 3, padding=1), nn.SiLU()]
+        layers: list[nn.Module] = [nn.Conv2d(1 + int(cfg.noise_condition), w, 3, padding=1), nn.SiLU()]
         for _ in range(cfg.down):
             layers += [nn.Conv2d(w, w, 3, stride=2, padding=1), nn.SiLU()]
         layers += [ResBlock(w), ResBlock(w)]
@@ -286,25 +299,33 @@ class SpatialCINN(nn.Module):
         self.steps = nn.ModuleList([SpatialFlowStep(self.cfg, gen) for _ in range(self.cfg.n_flows)])
         self.embedder = ConditionEmbedder(self.cfg)
 
-    def embed(self, fx: torch.Tensor) -> torch.Tensor:
+    def embed(self, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Condition features; ``noise_hu`` (per sample, HU) is required when the model was trained
+        with the noise-level condition."""
+        if self.cfg.noise_condition:
+            if noise_hu is None:
+                raise ValueError("this cINN is conditioned on the noise level of x: give noise_hu")
+            fx = torch.cat([fx, noise_level_map(noise_hu, fx)], 1)
         return self.embedder(fx)
 
-    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None):
+    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
+                noise_hu: torch.Tensor | float | None = None):
         """(v, exact log|det dv/dz|) per sample."""
-        c = self.embed(fx) if embedding is None else embedding
+        c = self.embed(fx, noise_hu) if embedding is None else embedding
         logdet = z.new_zeros(z.shape[0])
         for step in self.steps:
             z, ld = step(z, c)
             logdet = logdet + ld
         return z, logdet
 
-    def reverse(self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
-        c = self.embed(fx) if embedding is None else embedding
+    def reverse(self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
+                noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
+        c = self.embed(fx, noise_hu) if embedding is None else embedding
         for step in reversed(self.steps):
             v = step.reverse(v, c)
         return v
 
-    def nll(self, z: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+    def nll(self, z: torch.Tensor, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
         """Mean over the batch of (0.5 |v|^2 - log det) per latent element."""
-        v, logdet = self(z, fx)
+        v, logdet = self(z, fx, noise_hu=noise_hu)
         return 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()

@@ -19,7 +19,13 @@ from ..normalization import hu_to_normalized
 class PatchSampler:
     """Random aligned patches from slice pairs, skipping patches that are mostly air."""
 
-    def __init__(self, ld: np.ndarray, fd: np.ndarray, patch: int, seed: int = 0) -> None:
+    def __init__(
+        self, ld: np.ndarray, fd: np.ndarray, patch: int, seed: int = 0, noise_hu: np.ndarray | None = None
+    ) -> None:
+        """``noise_hu``: optional per-slice noise level of ``ld``; ``last_noise_hu`` then holds the
+        levels of the slices the last batch came from."""
+        self.noise_hu = None if noise_hu is None else torch.as_tensor(noise_hu, dtype=torch.float32)
+        self.last_noise_hu: torch.Tensor | None = None
         self.ld = torch.from_numpy(hu_to_normalized(ld.astype(np.float32)))
         self.fd = torch.from_numpy(hu_to_normalized(fd.astype(np.float32)))
         self.patch = patch
@@ -28,7 +34,7 @@ class PatchSampler:
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, h, w = self.ld.shape
-        xs, ys = [], []
+        xs, ys, picked = [], [], []
         while len(xs) < size:
             i = int(self.rng.integers(n))
             r = int(self.rng.integers(h - self.patch + 1))
@@ -41,6 +47,9 @@ class PatchSampler:
                 x, y = x.flip(-1), y.flip(-1)
             xs.append(x)
             ys.append(y)
+            picked.append(i)
+        if self.noise_hu is not None:
+            self.last_noise_hu = self.noise_hu[picked]
         return torch.stack(xs)[:, None], torch.stack(ys)[:, None]
 
     def state(self) -> dict:

@@ -120,10 +120,14 @@ def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
 
 
 def conditioned_sampler(ld_hu: np.ndarray, fx_hu: list[np.ndarray], patch: int, seed: int) -> PatchSampler:
-    """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser."""
+    """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser. The
+    sampler also knows each slice's noise level (what the spatial cINN is conditioned on)."""
+    from ..invariance.sampler import slice_noise_hu
+
     ld = np.concatenate([ld_hu] * len(fx_hu))
     fx = np.concatenate(fx_hu)
-    return PatchSampler(ld, fx, patch, seed=seed)
+    noise = np.array([slice_noise_hu(s) for s in ld_hu] * len(fx_hu), np.float32)
+    return PatchSampler(ld, fx, patch, seed=seed, noise_hu=noise)
 
 
 def _data_tag(names: np.ndarray) -> str:
@@ -225,7 +229,7 @@ class _Checkpointed:
             m.load_state_dict(state[k])
         if self.ctx.is_main:  # other ranks keep their own patch streams
             sampler.set_state(json.loads(state["sampler"]))
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())  # loaded with map_location: may be on the GPU
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self._resumed(state)
         return True
@@ -489,6 +493,29 @@ class CVAETrainer(_Checkpointed):
         return save_cvae(self.model, self.out / "cvae.safetensors", training)
 
 
+def _warm_start(model: nn.Module, path: str) -> dict:
+    """Load a trained cINN's weights into ``model``. Tensors that grew along their input channels
+    (the condition embedder's first convolution when the noise-level channel is added) keep the old
+    weights and start at zero for the new channels, so the model starts as the old one."""
+    from ..invariance.models import load_cinn
+
+    old, card = load_cinn(path)
+    state = model.state_dict()
+    for k, v in old.state_dict().items():
+        if k not in state:
+            raise CTInvariancesError(f"--init: {k} does not exist in the new cINN", path)
+        t = state[k]
+        if t.shape == v.shape:
+            t.copy_(v)
+        elif t.dim() == 4 and t.shape[0] == v.shape[0] and t.shape[1] > v.shape[1] and t.shape[2:] == v.shape[2:]:
+            t.zero_()
+            t[:, : v.shape[1]].copy_(v)
+        else:
+            raise CTInvariancesError(f"--init: {k} has shape {tuple(v.shape)}, the new cINN {tuple(t.shape)}", path)
+    model.load_state_dict(state)
+    return {"file": card.get("file"), "sha256": card.get("sha256")}
+
+
 def _stage_of(cfg: dict) -> dict:
     keys = ("lr", "l1_weight", "kl_weight", "adv_weight", "adv_start", "batch_size")
     return {k: cfg.get(k) for k in keys}
@@ -525,6 +552,8 @@ class CINNTrainingConfig:
     checkpoint_every: int = 200
     device: str = "auto"
     time_limit_s: float | None = None  # train for at most this long (steps scaled down to fit)
+    patch: int | None = None  # crop size (spatial engines only; default: the cVAE's)
+    init: str | None = None  # start from this cINN's weights (fine-tuning; see _warm_start)
     model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
@@ -551,7 +580,15 @@ class CINNTrainer(_Checkpointed):
             raise CTInvariancesError(
                 "the cINN configuration does not fit this cVAE (latent shape / patch)", cfg.cvae
             )
+        if cfg.patch is not None and (not isinstance(cinn_cfg, SpatialCINNConfig)
+                                      or cfg.patch % self.cvae.multiple or cfg.patch < 16):
+            raise CTInvariancesError(
+                f"--patch {cfg.patch}: only a spatial engine trains on other crop sizes "
+                "(a multiple of its latent stride, at least 16)", cfg.cvae)
         self.model = build_cinn(cinn_cfg, seed=cfg.seed).to(self.device)
+        self.init_from = None
+        if cfg.init:
+            self.init_from = _warm_start(self.model, cfg.init)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step, self.elapsed = 0, 0.0
         self.out = Path(cfg.out)
@@ -568,7 +605,8 @@ class CINNTrainer(_Checkpointed):
         if self.source is not None:
             self.n_slices = 0
             return self.source
-        sampler, self.n_slices = conditioned_data(self.cfg, [self.denoiser], self.cvae.patch, self.ctx.rank)
+        patch = self.cfg.patch or self.cvae.patch  # a spatial engine trains on any crop size
+        sampler, self.n_slices = conditioned_data(self.cfg, [self.denoiser], patch, self.ctx.rank)
         return sampler
 
     def _stateful(self) -> dict:
@@ -583,8 +621,8 @@ class CINNTrainer(_Checkpointed):
         return f"log-cinn-{self.denoiser.name}.jsonl"
 
     def _nll_step(self, sampler) -> dict[str, float]:
-        z, fx = self._latents(sampler)
-        v, logdet = self.ddp_model(z, fx)
+        z, fx, noise = self._latents(sampler)
+        v, logdet = self.ddp_model(z, fx, noise_hu=noise)
         nll = 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()
         self.opt.zero_grad(set_to_none=True)
         nll.backward()
@@ -593,19 +631,27 @@ class CINNTrainer(_Checkpointed):
         return _scalars(nll=nll, v_std=v.detach().std())
 
     @torch.no_grad()
-    def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+    def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         x, fx = sampler.batch(self.cfg.batch_size)
         x, fx = x.to(self.device), fx.to(self.device)
-        return self.cvae.encode(x, fx).sample(), fx
+        noise = getattr(sampler, "last_noise_hu", None)
+        if noise is None and getattr(self.model.cfg, "noise_condition", False):
+            # a replacement data source without noise levels (tests): measure each patch
+            from ..invariance.sampler import slice_noise_hu
+            from ..normalization import normalized_to_hu
+
+            noise = torch.tensor([slice_noise_hu(normalized_to_hu(p[0].cpu().numpy())) for p in x])
+        return self.cvae.encode(x, fx).sample(), fx, None if noise is None else noise.to(self.device)
 
     def run(self, progress: bool = True, stop_at: int | None = None) -> Path | None:
         cfg = self.cfg
         sampler = self._prepare_data()
         if not self.try_resume(sampler):
-            z, fx = self._latents(sampler)
+            z, fx, noise = self._latents(sampler)
             self.model.train()
-            with torch.no_grad():
-                self.model(z, fx)  # data-dependent ActNorm initialisation
+            if self.init_from is None:
+                with torch.no_grad():
+                    self.model(z, fx, noise_hu=noise)  # data-dependent ActNorm initialisation
             ddp.broadcast_module(self.model, self.ctx)
         self._ddp_wrap()
         self.model.train()
@@ -623,6 +669,8 @@ class CINNTrainer(_Checkpointed):
             "world_size": self.ctx.world_size,
             "lr": cfg.lr,
             "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det",
+            "init": self.init_from,
+            "patch": self.cfg.patch,
             "seed": cfg.seed,
             "train_time_s": round(self.elapsed, 1),
             "hardware": ddp.hardware_description(self.device, self.ctx.world_size),
