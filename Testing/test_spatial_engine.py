@@ -1,0 +1,186 @@
+"""The spatial-latent engine: exact invertibility, a condition that matters (f(x) and the noise level),
+whole-slice sampling without tiles (shift-equivariant std maps, results independent of K and batch
+size), loading and mixing rules, warm starts, and training beside the cVAE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from CTInvariancesLib.denoisers.loading import Denoiser
+from CTInvariancesLib.errors import CTInvariancesError, WeightsError
+from CTInvariancesLib.invariance.models import load_cinn, load_cvae, save_cinn, save_cvae
+from CTInvariancesLib.invariance.sampler import InvarianceSampler, SpatialInvarianceSampler, std_map
+from CTInvariancesLib.invariance.spatial import (
+    SpatialCINN,
+    SpatialCINNConfig,
+    SpatialCVAE,
+    SpatialCVAEConfig,
+)
+
+SMALL_VAE = SpatialCVAEConfig(width=8, latent_width=16, blocks=1, patch=32)
+SMALL_INN = SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8)
+
+
+class Smooth(torch.nn.Module):
+    """A linear denoiser: 5 x 5 box filter."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+
+
+def _denoiser() -> Denoiser:
+    return Denoiser(Smooth(), name="smooth", input_convention="hu")
+
+
+def _randomised(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+    """Give zero-initialised layers (the identity starts) random weights, so the model is not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and float(p.abs().max()) == 0.0:
+                p.copy_(torch.randn(p.shape, generator=g) * scale / p[0].numel() ** 0.5)
+    return model.eval()
+
+
+def _engine(noise_condition: bool = True):
+    vae = _randomised(SpatialCVAE(SMALL_VAE), 1)
+    inn = _randomised(SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8,
+                                                    noise_condition=noise_condition)), 2)
+    return vae, inn
+
+
+def _slice(size: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    body = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.42 * size) ** 2
+    img = np.where(body, 40.0, -1000.0)
+    for cy, cx, r, hu in ((0.35, 0.4, 0.1, 900.0), (0.6, 0.62, 0.12, -120.0), (0.4, 0.7, 0.06, 300.0)):
+        img[(yy - cy * size) ** 2 + (xx - cx * size) ** 2 < (r * size) ** 2] = hu  # anatomy the map follows
+    img = img + np.where(body, rng.normal(0, 20, (size, size)), 0)
+    return img.astype(np.float32)
+
+
+def test_cinn_is_exactly_invertible_with_a_log_det_that_matches_autograd():
+    _, inn = _engine()
+    z = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    fx = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    inn = inn.double()
+    v, logdet = inn(z, fx, noise_hu=torch.tensor([10.0, 30.0]))
+    back = inn.reverse(v, fx, noise_hu=torch.tensor([10.0, 30.0]))
+    assert float((back - z).detach().abs().max()) < 1e-10
+    # log-det of one sample against the full Jacobian
+    z1 = z[:1].clone()
+
+    def f(t):
+        return inn(t.reshape(1, 4, 8, 8), fx[:1], noise_hu=10.0)[0].reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, z1.reshape(-1))
+    assert abs(float(torch.linalg.slogdet(jac)[1]) - float(inn(z1, fx[:1], noise_hu=10.0)[1])) < 1e-6
+
+
+def test_the_condition_matters_f_of_x_and_noise_level():
+    _, inn = _engine()
+    v = torch.randn(1, 4, 8, 8)
+    fx = torch.randn(1, 1, 16, 16)
+    base = inn.reverse(v, fx, noise_hu=20.0)
+    assert float((inn.reverse(v, fx + 1.0, noise_hu=20.0) - base).abs().max()) > 1e-3
+    assert float((inn.reverse(v, fx, noise_hu=5.0) - base).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="noise level"):
+        inn.reverse(v, fx)
+
+
+def test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch():
+    vae, inn = _engine()
+    smp = SpatialInvarianceSampler(_denoiser(), vae, inn)
+    x = _slice(90)  # not a multiple of the latent stride: padded, then cropped back
+    a = smp.sample(x, 4, seed=3, batch_size=4).samples
+    b = smp.sample(x, 6, seed=3, batch_size=1).samples
+    assert a.shape == (4, 90, 90)
+    np.testing.assert_allclose(a, b[:4], atol=2e-3)  # sample k depends on (seed, k) alone
+    body = x > -500
+    assert np.median(std_map(a)[body]) > 0.05  # samples differ from each other ...
+    c = smp.sample(x, 4, seed=4).samples
+    assert np.abs(c - a)[:, body].mean() > 0.05  # ... and with the seed (the latent drives them)
+    prior = SpatialInvarianceSampler(_denoiser(), vae, None).sample(x, 2, seed=3).samples
+    assert np.abs(prior - a[:2])[:, body].mean() > 0.05  # the cINN changes what is drawn
+
+
+def test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid():
+    """Shifting f(x) and the latent draw v together shifts the sample (away from the borders): there
+    is no position-dependent pattern (tiles, seams) for a std map to show."""
+    vae, inn = _engine()
+    g = torch.Generator().manual_seed(0)
+    fx = torch.randn(1, 1, 96, 96, generator=g) * 0.2
+    v = torch.randn(1, 4, 48, 48, generator=g)
+    dy, dx = 12, 6  # image pixels (latent: 6, 3)
+    with torch.no_grad():
+        a = vae.decode(inn.reverse(v, fx, noise_hu=20.0), fx)
+        b = vae.decode(inn.reverse(torch.roll(v, (dy // 2, dx // 2), (2, 3)), torch.roll(fx, (dy, dx), (2, 3)),
+                                   noise_hu=20.0), torch.roll(fx, (dy, dx), (2, 3)))
+    inner = (slice(None), slice(None), slice(40, 70), slice(40, 70))
+    shifted = torch.roll(a, (dy, dx), (2, 3))
+    assert float((shifted - b)[inner].abs().max()) < 1e-4
+    assert float((a - b)[inner].abs().max()) > 1e-2  # and the output does move with the input
+
+
+def test_saved_engine_loads_as_a_spatial_sampler_and_rejects_mixing(tmp_path):
+    vae, inn = _engine()
+    den = _denoiser()
+    vae_path = save_cvae(vae, tmp_path / "cvae.safetensors", {"steps": 0})
+    from CTInvariancesLib.weights import read_card
+
+    save_cinn(inn, tmp_path / "cinn-smooth.safetensors", den, read_card(vae_path), {"steps": 0})
+    smp = InvarianceSampler.load(den, cvae=str(tmp_path))
+    assert isinstance(smp, SpatialInvarianceSampler) and smp.kind == "cinn"
+    loaded, card = load_cinn(tmp_path / "cinn-smooth.safetensors")
+    assert card["config"]["noise_condition"] is True and isinstance(loaded, SpatialCINN)
+    assert isinstance(load_cvae(tmp_path)[0], SpatialCVAE)
+    # a tiled cINN beside a spatial cVAE is refused with a clear error
+    from CTInvariancesLib.invariance.cinn import CINNConfig, ConditionalINN
+
+    tiled = ConditionalINN(CINNConfig(z_dim=16, hidden=8, hidden_depth=1, n_flows=2, cond_size=16, n_down=1,
+                                      embedder_width=4))
+    save_cinn(tiled, tmp_path / "mixed" / "cinn-smooth.safetensors", den, read_card(vae_path), {})
+    with pytest.raises(WeightsError, match="spatial and tiled"):
+        InvarianceSampler.load(den, cvae=str(vae_path), cinn=str(tmp_path / "mixed"))
+
+
+def test_cards_from_before_the_noise_condition_load_without_it(tmp_path):
+    _, inn = _engine(noise_condition=False)
+    vae, _ = _engine()
+    vae_path = save_cvae(vae, tmp_path / "cvae.safetensors", {})
+    from CTInvariancesLib.weights import read_card
+
+    path = save_cinn(inn, tmp_path / "cinn-smooth.safetensors", _denoiser(), read_card(vae_path), {})
+    import json
+
+    card_file = path.with_suffix(".json")
+    card = json.loads(card_file.read_text())
+    del card["config"]["noise_condition"]  # as the first GPU-trained cards were written
+    card_file.write_text(json.dumps(card))
+    loaded, _ = load_cinn(path)
+    assert loaded.cfg.noise_condition is False
+
+
+def test_warm_start_adds_the_noise_channel_and_starts_as_the_old_model(tmp_path):
+    from CTInvariancesLib.training.invariance import _warm_start
+
+    old_vae, old = _engine(noise_condition=False)
+    vae_path = save_cvae(old_vae, tmp_path / "cvae.safetensors", {})
+    from CTInvariancesLib.weights import read_card
+
+    path = save_cinn(old, tmp_path / "old.safetensors", _denoiser(), read_card(vae_path), {})
+    new = SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8, noise_condition=True), seed=5)
+    info = _warm_start(new, str(path))
+    assert info["sha256"]
+    new.eval()
+    v, fx = torch.randn(1, 4, 8, 8), torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        a = old.reverse(v, fx)
+        for noise in (5.0, 40.0):  # the new channel starts at zero weight: same output at any level
+            assert float((new.reverse(v, fx, noise_hu=noise) - a).abs().max()) < 1e-5
+    bigger = SpatialCINN(SpatialCINNConfig(n_flows=4, hidden=16, cond_width=8))
+    with pytest.raises(CTInvariancesError, match="does not exist"):
+        _warm_start(bigger.__class__(SpatialCINNConfig(n_flows=2, hidden=16, cond_width=8)), str(path))
