@@ -39,6 +39,27 @@ class Mutant:
 
 MUTANTS = (
     Mutant(
+        "spatial-sampler-no-variation", "the spatial sampler decodes the same latent map for every sample",
+        LIB + "invariance/sampler.py",
+        "v = latent_map_draws(n, shape, seed, temperature, offset=start).to(self.device)",
+        "v = latent_map_draws(n, shape, seed, temperature, offset=0)[:1].expand(n, -1, -1, -1).to(self.device)",
+        ("Testing/test_spatial_engine.py::test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch",),
+    ),
+    Mutant(
+        "spatial-cinn-ignores-noise-level", "the spatial cINN drops the noise-level channel",
+        LIB + "invariance/spatial.py",
+        "fx = torch.cat([fx, noise_level_map(noise_hu, fx)], 1)",
+        "fx = torch.cat([fx, noise_level_map(noise_hu, fx) * 0], 1)",
+        ("Testing/test_spatial_engine.py::test_the_condition_matters_f_of_x_and_noise_level",),
+    ),
+    Mutant(
+        "spatial-tiles", "the spatial decoder adds a fixed 32-pixel grid pattern",
+        LIB + "invariance/spatial.py",
+        "return self.out(F.silu(h)).float() + fx.float()",
+        "return self.out(F.silu(h)).float() + fx.float() + 0.05 * (torch.arange(fx.shape[-1], device=fx.device) % 32 == 0)",
+        ("Testing/test_spatial_engine.py::test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid",),
+    ),
+    Mutant(
         "noise-sampler-no-variation", "the noise sampler returns f(x) for every sample",
         LIB + "invariance/sampler.py",
         "samples = fx[None] + np.float32(temperature) * noise",
