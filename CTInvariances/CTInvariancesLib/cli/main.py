@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
-    p.add_argument("--cvae", help="cVAE run folder or .safetensors (default: bundled)")
+    p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled spatial-latent "
+                   "engine (default: the bundled tiled engine)")
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
     p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
                    help="cinn: the learned engine (default when a cINN exists for the denoiser); prior: z "

@@ -105,9 +105,12 @@ def save_cinn(
 
 
 def resolve_cvae_path(spec: str | Path | None) -> Path:
-    """A cVAE file, a folder holding cvae.safetensors, or None for the bundled one."""
+    """A cVAE file, a folder holding cvae.safetensors, None for the bundled (tiled) one, or
+    ``spatial`` for the bundled spatial-latent engine."""
     if spec is None or str(spec) in ("", "bundled", "compact"):
         return bundled_dir() / "cvae.safetensors"
+    if str(spec) == "spatial":
+        return bundled_dir() / "spatial" / "cvae.safetensors"
     p = Path(spec)
     if p.is_dir():
         return p / "cvae.safetensors"

@@ -205,12 +205,11 @@ class Invertible1x1Conv(nn.Module):
         self.weight = nn.Parameter(q)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.weight.float()
-        ld = torch.linalg.slogdet(w)[1] * x.shape[2] * x.shape[3]
-        return F.conv2d(x, w[:, :, None, None]), ld.expand(x.shape[0])
+        ld = torch.linalg.slogdet(self.weight.double())[1].to(x.dtype) * x.shape[2] * x.shape[3]
+        return F.conv2d(x, self.weight.to(x.dtype)[:, :, None, None]), ld.expand(x.shape[0])
 
     def reverse(self, h: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(h, torch.linalg.inv(self.weight.float())[:, :, None, None])
+        return F.conv2d(h, torch.linalg.inv(self.weight.double()).to(h.dtype)[:, :, None, None])
 
 
 class ConvCoupling(nn.Module):
