@@ -98,7 +98,7 @@ def test_noise_sampler_with_consistency_keeps_raw_samples_on_request(ct_small, t
     assert "fidelity_raw" not in json.loads((plain / "metrics.json").read_text())
     bad = run("sample", str(ct_small), "--denoiser", "cnn10", "--consistency", "-1", "--out",
               str(tmp_path / "b"))
-    assert_one_line_error(bad, "--consistency -1")
+    assert_one_line_error(bad, "--consistency", "-1 is out of range")
 
 
 def test_import_published_errors_name_the_folder(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..defaults import CONSISTENCY_METHOD, CONSISTENCY_STEPS
 from ..errors import CTInvariancesError
+from . import options as opt
 
 EXIT_USAGE = 2
 
@@ -33,8 +34,15 @@ def _add_volume_args(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as the one line every other error is: ``error: ...`` on stderr, status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ctinvariances",
         description="What a low-dose CT denoiser ignores: I/O, low-dose simulation, denoisers.",
     )
@@ -49,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate-low-dose", help="simulate a reduced-dose scan of a full-dose input")
     p.add_argument("input")
-    p.add_argument("--dose", type=float, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dose", type=opt.dose_fraction, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
+    p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
-    p.add_argument("--i0", type=float,
+    p.add_argument("--i0", type=opt.positive_float,
                    help="full-dose photons per ray (default: estimated from the image noise)")
-    p.add_argument("--electronic-noise", type=float, default=10**0.5, help="electronic noise std (quanta)")
+    p.add_argument("--electronic-noise", type=opt.non_negative_float, default=10**0.5, help="electronic noise std (quanta)")
     p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
-    p.add_argument("--views", type=int, default=576, help="projection views per rotation")
+    p.add_argument("--views", type=opt.int_in(16, 20000), default=576, help="projection views per rotation")
     _add_volume_args(p)
 
     p = sub.add_parser("denoise", help="denoise a CT input slice by slice")
@@ -64,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser", required=True,
                    help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
     p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=4)
     _add_denoiser_args(p)
     _add_volume_args(p)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM of a denoiser on the held-out slices")
     p.add_argument("--denoiser", required=True)
-    p.add_argument("--dose", type=float, default=0.25)
+    p.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     p.add_argument("--window", default="soft-tissue", help="soft-tissue (W400/L40), lung, or C,W")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.add_argument("--update-card", action="store_true", help="store the results in the model card")
@@ -81,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("--denoiser", required=True,
                    help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
-    p.add_argument("--samples", type=int, default=16, help="samples per slice K (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
+    p.add_argument("--samples", type=opt.int_in(1, 4096), default=16,
+                   help="samples per slice K (default 16, at most 4096)")
+    p.add_argument("--seed", type=opt.seed, default=0)
+    p.add_argument("--temperature", type=opt.float_in(0.0, 10.0, lo_open=True), default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
     p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled spatial-latent "
                    "engine (default: the bundled tiled engine)")
@@ -93,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the cVAE prior (what the decoder alone varies); noise: f(x) + fresh noise at x's "
                    "level, no trained model needed (default otherwise)")
     p.add_argument("--prior", action="store_true", help="same as --sampler prior")
-    p.add_argument("--consistency", type=int, default=CONSISTENCY_STEPS, metavar="STEPS",
+    p.add_argument("--consistency", type=opt.int_in(0, 10000), default=CONSISTENCY_STEPS, metavar="STEPS",
                    help="consistency steps that make f(x~) = f(x) (default %(default)s; 0: the raw samples, "
                    "as in the paper)")
     p.add_argument("--consistency-method", choices=("gd", "cg"), default=CONSISTENCY_METHOD,
@@ -101,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "gradients")
     p.add_argument("--keep-raw", action="store_true",
                    help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (halved on out-of-memory)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: patch / 8)")
+    p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64,
+                   help="tiles (tiled engine) or samples (spatial engine) per batch (halved on out-of-memory)")
+    p.add_argument("--overlap", type=opt.non_negative_int, help="tile overlap in pixels (default: patch / 8)")
     p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
     p.add_argument("--tile-latents", choices=("shared", "independent"), default="shared",
                    help="shared: sample k uses one v in every tile (default); independent: a v per tile")
@@ -124,16 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("denoiser", help="train cnn10, redcnn, wganvgg or dugan on simulated pairs")
     t.add_argument("--arch", required=True, choices=("cnn10", "redcnn", "wganvgg", "dugan"))
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final weights)")
-    t.add_argument("--width", type=int, help="channel width (default: the published one)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--patch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--dose", type=float, default=0.25)
-    t.add_argument("--realisations", type=int, default=3, help="noise realisations per slice")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--adv-weight", type=float, default=1e-3)
-    t.add_argument("--relative-from", type=float, default=0.6,
+    t.add_argument("--width", type=opt.int_in(1, 1024), help="channel width (default: the published one)")
+    t.add_argument("--steps", type=opt.positive_int, default=2000)
+    t.add_argument("--batch-size", type=opt.positive_int, default=16)
+    t.add_argument("--patch", type=opt.int_in(16, 1024), default=64)
+    t.add_argument("--lr", type=opt.positive_float, default=1e-3)
+    t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
+    t.add_argument("--realisations", type=opt.int_in(1, 100), default=3, help="noise realisations per slice")
+    t.add_argument("--seed", type=opt.seed, default=0)
+    t.add_argument("--adv-weight", type=opt.non_negative_float, default=1e-3)
+    t.add_argument("--relative-from", type=opt.float_in(0.0, 1.0), default=0.6,
                    help="fraction of the steps after which the pixel loss is the noise-normalised MSE")
     t.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune: start from these weights (.safetensors with card, or a published .pt)")
@@ -148,21 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition on this denoiser's output; repeat for several (default: the four bundled)")
     t.add_argument("--size", choices=("spatial", "compact", "paper"), default="spatial",
                    help="spatial: latent map, whole slices (default); compact / paper: tiled, global latent")
-    t.add_argument("--steps", type=int, default=6000)
-    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+    t.add_argument("--steps", type=opt.positive_int, default=6000)
+    t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
                    help="train for at most this long: the step count is scaled down to fit")
-    t.add_argument("--batch-size", type=int, help="per process (default: the size's recipe, 16)")
-    t.add_argument("--lr", type=float, help="default: the size's recipe (spatial 4e-4, else 1e-4)")
-    t.add_argument("--adv-weight", type=float, help="default: the size's recipe (spatial 0, else 1)")
-    t.add_argument("--adv-start", type=int, default=500, help="steps before the adversarial term starts")
-    t.add_argument("--l1-weight", type=float, default=0.0011852, help="weight of the summed L1 (paper)")
-    t.add_argument("--kl-weight", type=float,
+    t.add_argument("--batch-size", type=opt.positive_int, help="per process (default: the size's recipe, 16)")
+    t.add_argument("--lr", type=opt.positive_float, help="default: the size's recipe (spatial 4e-4, else 1e-4)")
+    t.add_argument("--adv-weight", type=opt.non_negative_float, help="default: the size's recipe (spatial 0, else 1)")
+    t.add_argument("--adv-start", type=opt.non_negative_int, default=500, help="steps before the adversarial term starts")
+    t.add_argument("--l1-weight", type=opt.positive_float, default=0.0011852, help="weight of the summed L1 (paper)")
+    t.add_argument("--kl-weight", type=opt.non_negative_float,
                    help="weight of the summed KL (paper and tiled sizes: 0.57504; spatial: 1e-5)")
-    t.add_argument("--dose", type=float, default=0.25)
-    t.add_argument("--realisations", type=int, default=2)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--stop-at", type=int, metavar="STEP",
+    t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
+    t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
+    t.add_argument("--seed", type=opt.seed, default=0)
+    t.add_argument("--checkpoint-every", type=opt.positive_int, default=200)
+    t.add_argument("--stop-at", type=opt.positive_int, metavar="STEP",
                    help="stop after this step with a checkpoint (a later run with other settings continues)")
     t.add_argument("--device", default="auto")
 
@@ -172,17 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cvae", required=True, help="cVAE run folder or .safetensors file")
     t.add_argument("--out", required=True)
     t.add_argument("--data", nargs="*", default=[], metavar="CT")
-    t.add_argument("--steps", type=int, default=4000)
-    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+    t.add_argument("--steps", type=opt.positive_int, default=4000)
+    t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
                    help="train for at most this long: the step count is scaled down to fit")
-    t.add_argument("--batch-size", type=int, default=64, help="per process")
-    t.add_argument("--patch", type=int, help="crop size (spatial engines; default: the cVAE's)")
+    t.add_argument("--batch-size", type=opt.positive_int, default=64, help="per process")
+    t.add_argument("--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)")
     t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--dose", type=float, default=0.25)
-    t.add_argument("--realisations", type=int, default=2)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--lr", type=opt.positive_float, default=2e-4)
+    t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
+    t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
+    t.add_argument("--seed", type=opt.seed, default=0)
+    t.add_argument("--checkpoint-every", type=opt.positive_int, default=200)
     t.add_argument("--device", default="auto")
     t.add_argument("--arch", help="architecture of a .pt denoiser file whose name does not say it")
     t.add_argument("--input-convention", choices=("normalized", "hu"))

@@ -100,6 +100,14 @@ class Denoiser:
                     np.ascontiguousarray(slices_hu[start : start + batch_size], dtype=np.float32)
                 )[:, None].to(device)
                 out[start : start + len(batch)] = self(batch)[:, 0].float().cpu().numpy()
+                if not np.isfinite(out[start : start + len(batch)]).all():
+                    from ..errors import CTInvariancesError
+
+                    raise CTInvariancesError(
+                        f"the denoiser returned NaN or infinite values (slices {start}-{start + len(batch) - 1} "
+                        "of this call); no output is written",
+                        self.source or self.name,
+                    )
                 if progress:
                     progress(len(batch))
         return out

@@ -246,7 +246,20 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
     }
 
 
+def finite_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None: what is written is valid JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return finite_json(obj.item())
+    return obj
+
+
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)

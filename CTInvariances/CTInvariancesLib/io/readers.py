@@ -40,20 +40,37 @@ def read_volume(
     if not path.exists():
         raise InputError("no such file or folder", path)
     if path.is_dir():
-        return read_dicom_folder(path, series_uid=series_uid, tilt=tilt)
+        return _checked(read_dicom_folder(path, series_uid=series_uid, tilt=tilt), path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", path)
     suffix = _suffix(path)
     if suffix in IMAGE_SUFFIXES:
-        return _read_itk_image(path, suffix)
+        return _checked(_read_itk_image(path, suffix), path)
     if suffix == ".dcm" or is_dicom_file(path):
-        return read_dicom_file(path)
+        return _checked(read_dicom_file(path), path)
     raise InputError(
         "unsupported file type: give a DICOM folder or file, or a "
         + ", ".join(IMAGE_SUFFIXES)
         + " image",
         path,
     )
+
+
+def _checked(volume: CTVolume, path: Path) -> CTVolume:
+    """Refuse what no CT holds: non-finite voxels, and non-finite or non-positive spacing."""
+    bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
+    if bad:
+        raise InputError(f"{bad} voxels are NaN or infinite: not a usable CT image", path)
+    spacing = np.asarray(volume.spacing, dtype=np.float64)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"voxel spacing {tuple(float(v) for v in spacing)} is not positive and finite", path)
+    if not np.isfinite(np.asarray(volume.origin, dtype=np.float64)).all():
+        raise InputError(f"image position {tuple(volume.origin)} is not finite", path)
+    d = np.asarray(volume.direction_matrix, dtype=np.float64)
+    # sheared (tilt kept) directions are allowed; a singular or non-finite one is not a geometry
+    if not (np.isfinite(d).all() and abs(np.linalg.det(d)) > 1e-6):
+        raise InputError("image orientation is degenerate (zero or non-finite direction vectors)", path)
+    return volume
 
 
 def _check_header(path: Path, suffix: str) -> None:
