@@ -79,3 +79,50 @@ def test_written_json_is_valid_even_when_a_number_is_not_finite():
     obj = {"a": float("nan"), "b": [1.0, float("inf"), np.float32(2.5)], "c": {"d": -float("inf")}}
     text = json.dumps(finite_json(obj), allow_nan=False)
     assert json.loads(text) == {"a": None, "b": [1.0, None, 2.5], "c": {"d": None}}
+
+
+def _nrrd(path, value=40.0, shape=(2, 32, 32)):
+    """A noisy water disc in air."""
+    import nrrd
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    disc = (yy - shape[1] / 2) ** 2 + (xx - shape[2] / 2) ** 2 < (0.45 * shape[1]) ** 2
+    arr = np.where(disc, value, -1000.0)[None] + 15.0 * rng.standard_normal(shape)
+    nrrd.write(str(path), arr.astype(np.float32))
+    return path
+
+
+def test_output_file_is_checked_first_and_never_silently_overwritten(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    inp = _nrrd(tmp_path / "in.nrrd")
+    out = tmp_path / "out.nrrd"
+    out.write_bytes(b"earlier result")
+    args = ["denoise", str(inp), "--denoiser", "custom_denoisers:identity", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"earlier result"
+    assert main(args + ["--overwrite"]) == 0 and out.read_bytes() != b"earlier result"
+    bad = tmp_path / "out.png"
+    assert main(["denoise", str(inp), "--denoiser", "custom_denoisers:identity", "--out", str(bad)]) == 2
+    assert "cannot write '.png'" in capsys.readouterr().err and not bad.exists()
+
+
+def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(tmp_path, capsys, monkeypatch,
+                                                                             ct_small):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    inp = ct_small
+    out = tmp_path / "new" / "run"
+    bad = ["sample", str(inp), "--denoiser", "custom_denoisers:nan_out", "--sampler", "noise", "--out", str(out),
+           "--device", "cpu", "--samples", "2", "--consistency", "0"]
+    assert main(bad) == 2
+    capsys.readouterr()
+    assert not out.exists() and not (tmp_path / "new").exists()
+    good = ["sample", str(inp), "--denoiser", "custom_denoisers:smoother", "--sampler", "noise", "--out",
+            str(out), "--device", "cpu", "--samples", "2", "--consistency", "0"]
+    assert main(good) == 0
+    first = json.loads((out / "run.json").read_text())["seed"]
+    assert main(good + ["--seed", "5"]) == 2  # results there: refused, kept
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(good + ["--seed", "5", "--overwrite"]) == 0
+    assert first == 0 and json.loads((out / "run.json").read_text())["seed"] == 5
+    json.loads((out / "metrics.json").read_text())  # valid JSON

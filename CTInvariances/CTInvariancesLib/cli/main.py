@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", type=opt.dose_fraction, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
     p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--i0", type=opt.positive_float,
                    help="full-dose photons per ray (default: estimated from the image noise)")
     p.add_argument("--electronic-noise", type=opt.non_negative_float, default=10**0.5, help="electronic noise std (quanta)")
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("--denoiser", required=True,
                    help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=4)
     _add_denoiser_args(p)
     _add_volume_args(p)
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--temperature", type=opt.float_in(0.0, 10.0, lo_open=True), default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace earlier results in --out (kept if this run fails)")
     p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled spatial-latent "
                    "engine (default: the bundled tiled engine)")
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
@@ -236,10 +240,30 @@ def _read(args):
     return vol
 
 
-def _check_out(out: str, inp: str) -> Path:
+def _check_out(out: str, inp: str, overwrite: bool = False, folder: bool = False) -> Path:
+    """The output path, checked before any work: not the input, a writable place, a known image
+    suffix (files), and not an existing file unless ``overwrite`` (folders: see sample_volume)."""
+    import os
+
+    from ..io.readers import WRITE_SUFFIXES, _suffix
+
     o = Path(out)
     if o.resolve() == Path(inp).resolve() or Path(inp).resolve() in o.resolve().parents:
         raise CTInvariancesError("refusing to write onto or inside the input", out)
+    if folder:
+        from ..invariance.pipeline import check_output_folder
+
+        check_output_folder(o, overwrite)
+        return o
+    if _suffix(o) not in WRITE_SUFFIXES:
+        raise CTInvariancesError(f"cannot write '{_suffix(o) or o.name}': use one of {', '.join(WRITE_SUFFIXES)}", out)
+    if o.is_dir():
+        raise CTInvariancesError("is a folder; give an image file name", out)
+    if o.exists() and not overwrite:
+        raise CTInvariancesError("exists; choose another name or give --overwrite", out)
+    parent = next(p for p in [o.parent, *o.parent.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CTInvariancesError("cannot write here (not a writable folder)", parent)
     return o
 
 
@@ -284,7 +308,7 @@ def cmd_simulate(args) -> int:
 
     if not 0.0 < args.dose < 1.0:
         raise CTInvariancesError(f"--dose {args.dose}: the dose fraction must be in (0, 1)")
-    out = _check_out(args.out, args.input)
+    out = _check_out(args.out, args.input, args.overwrite)
     vol = _read(args)
     device = resolve_device(args.device)
     settings = LowDoseSettings(
@@ -320,7 +344,7 @@ def _load_denoiser(args, device):
 def cmd_denoise(args) -> int:
     from ..io import write_volume
 
-    out = _check_out(args.out, args.input)
+    out = _check_out(args.out, args.input, args.overwrite)
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
@@ -455,7 +479,7 @@ def cmd_sample(args) -> int:
         raise CTInvariancesError(f"--samples {args.samples}: need at least 1")
     if args.temperature <= 0:
         raise CTInvariancesError(f"--temperature {args.temperature}: must be positive")
-    out = _check_out(args.out, args.input)
+    out = _check_out(args.out, args.input, args.overwrite, folder=True)
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
@@ -476,7 +500,7 @@ def cmd_sample(args) -> int:
                                 temperature=args.temperature, batch_size=args.batch_size,
                                 check=not args.no_check, consistency_steps=args.consistency,
                                 consistency_method=args.consistency_method, keep_raw=args.keep_raw,
-                                progress=bar.update, parameters=params)
+                                progress=bar.update, parameters=params, overwrite=args.overwrite)
     msg = (f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {kind} sampler, "
            f"{args.consistency} consistency steps, {metrics['seconds']:.1f} s on {device})")
     div = metrics.get("diversity")
@@ -533,9 +557,25 @@ COMMANDS = {
 }
 
 
+def _interrupt_on_sigterm():
+    """SIGTERM (a batch system's stop, `kill`) unwinds like Ctrl-C, so partial files are removed.
+    Returns the previous handler (None when not in the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _interrupt_on_sigterm()
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
@@ -553,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {where}{msg[:300]} (run with --debug for details)", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

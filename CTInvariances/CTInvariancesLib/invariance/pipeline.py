@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import platform
 import time
 from collections.abc import Callable
@@ -89,18 +90,19 @@ def sample_volume(
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     parameters: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Sample every slice of ``volume``; returns the metrics dict (also written to metrics.json).
 
     ``sampler``: an :class:`InvarianceSampler` (cINN or prior) or a :class:`NoiseSampler`.
+    A folder holding earlier results is refused unless ``overwrite``; then they are replaced when
+    this run succeeds (and kept when it fails). A folder this run created is removed if it fails.
     """
     out = Path(out_dir)
+    check_output_folder(out, overwrite)
+    # the outermost folder this run creates: removed again if the run fails
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
-    existing = [n for n in OUTPUT_FILES if (out / n).exists()]
-    if existing:
-        from ..errors import InputError
-
-        raise InputError(f"output folder already holds {', '.join(existing)}; choose a new folder", out)
     t0 = time.perf_counter()
     writers = {
         "samples": StreamingNrrdWriter(out / "samples.seq.nrrd", volume, n_items=n_samples),
@@ -165,17 +167,37 @@ def sample_volume(
         metrics["timing"] = {k: round(v, 2) for k, v in timing.items()}
         consistency = {"steps": consistency_steps, "method": consistency_method}
         run = _run_record(volume, sampler, n_samples, seed, temperature, batch_size, parameters, consistency)
-        _write_json_atomic(out / "metrics.json", metrics)
-        _write_json_atomic(out / "run.json", run)
         for w in writers.values():
             w.close()
+        written = {w.path.name for w in writers.values()} | {"metrics.json", "run.json"}
+        for name in OUTPUT_FILES:  # an overwritten run's files that this run does not make
+            if name not in written:
+                (out / name).unlink(missing_ok=True)
+        _write_json_atomic(out / "run.json", run)
+        _write_json_atomic(out / "metrics.json", metrics)
     except BaseException:
         for w in writers.values():
             w.abort()
-        for name in ("metrics.json", "run.json"):
-            (out / name).unlink(missing_ok=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     return metrics
+
+
+def check_output_folder(out: Path, overwrite: bool = False) -> None:
+    """Before any work: ``out`` may be new, an empty folder, or (with ``overwrite``) hold results."""
+    from ..errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
+    existing = [n for n in OUTPUT_FILES if (out / n).exists()]
+    if existing and not overwrite:
+        raise InputError(
+            f"output folder already holds {', '.join(existing)}; choose a new folder or give --overwrite", out
+        )
+    parent = out if out.exists() else next(p for p in out.parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError("cannot write here (no permission)", parent)
 
 
 def _fidelity(rows: list[dict]) -> dict:

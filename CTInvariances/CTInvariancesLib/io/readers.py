@@ -146,6 +146,10 @@ def write_volume(volume: CTVolume, path: str | Path) -> Path:
         sitk.WriteImage(image, tmp, useCompression=True)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:  # name the file the user asked for, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"could not write the image ({first[:200]})", path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
