@@ -68,8 +68,21 @@ def test_a_denoiser_that_returns_nan_is_an_error_and_writes_nothing(tmp_path, ca
     path = tmp_path / "in.nrrd"
     nrrd.write(str(path), np.full((2, 32, 32), 40.0, np.float32))
     out = tmp_path / "den.nrrd"
-    assert main(["denoise", str(path), "--denoiser", "custom_denoisers:nan_out", "--out", str(out),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "denoise",
+                str(path),
+                "--denoiser",
+                "custom_denoisers:nan_out",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "NaN or infinite" in err and "nan_out" in err
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
@@ -98,7 +111,16 @@ def test_output_file_is_checked_first_and_never_silently_overwritten(tmp_path, c
     inp = _nrrd(tmp_path / "in.nrrd")
     out = tmp_path / "out.nrrd"
     out.write_bytes(b"earlier result")
-    args = ["denoise", str(inp), "--denoiser", "custom_denoisers:identity", "--out", str(out), "--device", "cpu"]
+    args = [
+        "denoise",
+        str(inp),
+        "--denoiser",
+        "custom_denoisers:identity",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"earlier result"
     assert main(args + ["--overwrite"]) == 0 and out.read_bytes() != b"earlier result"
@@ -107,18 +129,47 @@ def test_output_file_is_checked_first_and_never_silently_overwritten(tmp_path, c
     assert "cannot write '.png'" in capsys.readouterr().err and not bad.exists()
 
 
-def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(tmp_path, capsys, monkeypatch,
-                                                                             ct_small):
+def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(
+    tmp_path, capsys, monkeypatch, ct_small
+):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     inp = ct_small
     out = tmp_path / "new" / "run"
-    bad = ["sample", str(inp), "--denoiser", "custom_denoisers:nan_out", "--sampler", "noise", "--out", str(out),
-           "--device", "cpu", "--samples", "2", "--consistency", "0"]
+    bad = [
+        "sample",
+        str(inp),
+        "--denoiser",
+        "custom_denoisers:nan_out",
+        "--sampler",
+        "noise",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--samples",
+        "2",
+        "--consistency",
+        "0",
+    ]
     assert main(bad) == 2
     capsys.readouterr()
     assert not out.exists() and not (tmp_path / "new").exists()
-    good = ["sample", str(inp), "--denoiser", "custom_denoisers:smoother", "--sampler", "noise", "--out",
-            str(out), "--device", "cpu", "--samples", "2", "--consistency", "0"]
+    good = [
+        "sample",
+        str(inp),
+        "--denoiser",
+        "custom_denoisers:smoother",
+        "--sampler",
+        "noise",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--samples",
+        "2",
+        "--consistency",
+        "0",
+    ]
     assert main(good) == 0
     first = json.loads((out / "run.json").read_text())["seed"]
     assert main(good + ["--seed", "5"]) == 2  # results there: refused, kept

@@ -46,8 +46,9 @@ def _randomised(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> to
 
 def _engine(noise_condition: bool = True):
     vae = _randomised(SpatialCVAE(SMALL_VAE), 1)
-    inn = _randomised(SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8,
-                                                    noise_condition=noise_condition)), 2)
+    inn = _randomised(
+        SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8, noise_condition=noise_condition)), 2
+    )
     return vae, inn
 
 
@@ -117,8 +118,12 @@ def test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid():
     dy, dx = 12, 6  # image pixels (latent: 6, 3)
     with torch.no_grad():
         a = vae.decode(inn.reverse(v, fx, noise_hu=20.0), fx)
-        b = vae.decode(inn.reverse(torch.roll(v, (dy // 2, dx // 2), (2, 3)), torch.roll(fx, (dy, dx), (2, 3)),
-                                   noise_hu=20.0), torch.roll(fx, (dy, dx), (2, 3)))
+        b = vae.decode(
+            inn.reverse(
+                torch.roll(v, (dy // 2, dx // 2), (2, 3)), torch.roll(fx, (dy, dx), (2, 3)), noise_hu=20.0
+            ),
+            torch.roll(fx, (dy, dx), (2, 3)),
+        )
     inner = (slice(None), slice(None), slice(40, 70), slice(40, 70))
     shifted = torch.roll(a, (dy, dx), (2, 3))
     assert float((shifted - b)[inner].abs().max()) < 1e-4
@@ -140,8 +145,9 @@ def test_saved_engine_loads_as_a_spatial_sampler_and_rejects_mixing(tmp_path):
     # a tiled cINN beside a spatial cVAE is refused with a clear error
     from CTInvariancesLib.invariance.cinn import CINNConfig, ConditionalINN
 
-    tiled = ConditionalINN(CINNConfig(z_dim=16, hidden=8, hidden_depth=1, n_flows=2, cond_size=16, n_down=1,
-                                      embedder_width=4))
+    tiled = ConditionalINN(
+        CINNConfig(z_dim=16, hidden=8, hidden_depth=1, n_flows=2, cond_size=16, n_down=1, embedder_width=4)
+    )
     save_cinn(tiled, tmp_path / "mixed" / "cinn-smooth.safetensors", den, read_card(vae_path), {})
     with pytest.raises(WeightsError, match="spatial and tiled"):
         InvarianceSampler.load(den, cvae=str(vae_path), cinn=str(tmp_path / "mixed"))
@@ -204,16 +210,40 @@ def test_planted_region_that_the_denoiser_ignores_is_where_spatial_samples_vary(
     torch.set_num_threads(2)
     single = distributed.setup("cpu")
     vae_cfg = SpatialCVAEConfig(width=8, latent_width=16, blocks=1, patch=32, name="tiny")
-    CVAETrainer(CVAETrainingConfig(out=str(tmp_path), model_config=vae_cfg, steps=500, batch_size=32, lr=2e-3,
-                                   l1_weight=1.0, kl_weight=1e-3, adv_weight=0.0, device="cpu",
-                                   checkpoint_every=1000), single,
-                source=SyntheticSource(ignore_region, 0)).run(progress=False)
+    CVAETrainer(
+        CVAETrainingConfig(
+            out=str(tmp_path),
+            model_config=vae_cfg,
+            steps=500,
+            batch_size=32,
+            lr=2e-3,
+            l1_weight=1.0,
+            kl_weight=1e-3,
+            adv_weight=0.0,
+            device="cpu",
+            checkpoint_every=1000,
+        ),
+        single,
+        source=SyntheticSource(ignore_region, 0),
+    ).run(progress=False)
     den = Denoiser(ignore_region, "ignores-centre")
     inn_cfg = SpatialCINNConfig(n_flows=4, hidden=16, cond_width=8, noise_condition=False, name="tiny")
-    CINNTrainer(CINNTrainingConfig(out=str(tmp_path), denoiser="ignores-centre", cvae=str(tmp_path),
-                                   model_config=inn_cfg, steps=300, batch_size=32, lr=1e-3, device="cpu",
-                                   checkpoint_every=1000), single,
-                source=SyntheticSource(ignore_region, 1), denoiser=den).run(progress=False)
+    CINNTrainer(
+        CINNTrainingConfig(
+            out=str(tmp_path),
+            denoiser="ignores-centre",
+            cvae=str(tmp_path),
+            model_config=inn_cfg,
+            steps=300,
+            batch_size=32,
+            lr=1e-3,
+            device="cpu",
+            checkpoint_every=1000,
+        ),
+        single,
+        source=SyntheticSource(ignore_region, 1),
+        denoiser=den,
+    ).run(progress=False)
     vae, _ = load_cvae(tmp_path)
     inn, _ = load_cinn(tmp_path / "cinn-ignores-centre.safetensors")
     x = blobs(16, np.random.default_rng(5))
@@ -225,8 +255,11 @@ def test_planted_region_that_the_denoiser_ignores_is_where_spatial_samples_vary(
     std = draws.std(0)[:, 0]
     ratio = float(std[:, inside].mean() / std[:, ~inside].mean())
     assert ratio >= 5.0, f"std inside / outside the ignored region = {ratio:.2f}"
-    m = uses_condition(vae, inn, PatchSet(blobs(200, np.random.default_rng(6)),
-                                           ignore_region(blobs(200, np.random.default_rng(6)))))
+    m = uses_condition(
+        vae,
+        inn,
+        PatchSet(blobs(200, np.random.default_rng(6)), ignore_region(blobs(200, np.random.default_rng(6)))),
+    )
     nll = m["nll_per_dim"]
     assert m["posterior_kl_nats"] >= 5.0, m
     assert nll["true_condition"] <= nll["prior"] - 0.02, nll

@@ -145,7 +145,8 @@ def speed(args) -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
             print(f"| {name} | {sampler} | {r['sampling_s']:.2f} | {r['consistency_s']:.2f} | "
-                  f"{r['sampling_s'] + r['consistency_s']:.2f} | {r['steps']} | {r['peak_rss_mb']:.0f} | {gpu} |",
+                  f"{r['sampling_s'] + r['consistency_s']:.2f} | {r['steps']} | "
+                  f"{r['peak_rss_mb']:.0f} | {gpu} |",
                   flush=True)
 
 

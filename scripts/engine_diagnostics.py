@@ -44,7 +44,10 @@ def main() -> int:
         cinn, _ = load_cinn(resolve_cinn_path(None, name, cvae_path), args.device)
         ps = holdout_patches(den, args.patch or cvae.patch, args.patches, seed=7)
         with torch.inference_mode():
-            row = {"latent_usage": latent_usage(cvae, cinn, ps), "invertibility": invertibility(cvae, cinn, ps)}
+            row = {
+                "latent_usage": latent_usage(cvae, cinn, ps),
+                "invertibility": invertibility(cvae, cinn, ps),
+            }
         result["denoisers"][name] = row
         print(name, json.dumps(row, indent=1), flush=True)
     out = Path(args.out)

@@ -59,6 +59,10 @@ def radial_power(residual: np.ndarray, mask: np.ndarray, bands: int = 12) -> lis
     return [float(p[idx == i].mean()) for i in range(bands)]
 
 
+LISTS = ("raw_ratio", "ratio", "std", "std_raw", "pairwise", "power_raw", "nps_raw", "nps_x",
+         "seconds_sampling", "seconds_consistency")
+
+
 def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0, device="cpu", cvae=None, cinn=None,
             deadline_s=None, out=None, batch_size=4) -> dict:
     """Slice by slice (all denoisers per slice), so that a run stopped by ``deadline_s`` still covers
@@ -75,9 +79,7 @@ def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0, device="cp
                for kind in samplers}
         models[name] = (den, smp)
         per[name] = {"fresh": [], "noise_std": [], "slices": [],
-                     **{k: {key: [] for key in ("raw_ratio", "ratio", "std", "std_raw", "pairwise", "power_raw",
-                                                "nps_raw", "nps_x", "seconds_sampling", "seconds_consistency")}
-                        for k in samplers}}
+                     **{k: {key: [] for key in LISTS} for k in samplers}}
     engine = None
     done = []
     for i in slice_ids:
@@ -139,7 +141,8 @@ def summarise(per, samplers, n_samples, steps, device, engine) -> dict:
         if not p["fresh"]:
             continue
         fresh = float(np.median(p["fresh"]))
-        row = {"slices": p["slices"], "fresh_noise_ratio": fresh, "noise_std_hu": float(np.median(p["noise_std"]))}
+        row = {"slices": p["slices"], "fresh_noise_ratio": fresh,
+               "noise_std_hu": float(np.median(p["noise_std"]))}
         for kind in samplers:
             d = p[kind]
             ratio = float(np.median(d["ratio"]))
@@ -198,7 +201,8 @@ def table(result: dict) -> str:
                 f"{r['consistent_ratio']:.3f} / {r['max_ratio']:.3f} | "
                 f"{'yes' if r['meets_bounds'] else 'no'} | "
                 f"{r['std_map_median_hu_raw']:.1f} -> {r['std_map_median_hu']:.1f} | "
-                f"{r.get('raw_std_over_noise_std', float('nan')):.2f} | {r.get('power_ratio_raw', float('nan')):.2f} | "
+                f"{r.get('raw_std_over_noise_std', float('nan')):.2f} | "
+                f"{r.get('power_ratio_raw', float('nan')):.2f} | "
                 f"{r['pairwise_rmse_median_hu']:.1f} | {r['std_over_noise_std']:.2f} | "
                 f"{r['seconds_per_slice']:.0f} |"
             )
@@ -223,7 +227,8 @@ def main() -> int:
                     help="README markers <!-- NAME:begin/end --> that --readme writes between")
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--cards", action="store_true")
-    ap.add_argument("--cards-dir", help="folder of the cINN cards --cards writes to (default: the bundled engine's)")
+    ap.add_argument("--cards-dir",
+                    help="folder of the cINN cards --cards writes to (default: the bundled engine's)")
     ap.add_argument("--from-json", action="store_true",
                     help="do not measure: write the table and cards from an earlier run's --out file")
     args = ap.parse_args()
@@ -253,7 +258,8 @@ def main() -> int:
             card = Path(args.cards_dir or bundled_dir()) / f"cinn-{name}.json"
             if card.exists():
                 c = json.loads(card.read_text())
-                key = "raw_samples_dose_0.25" if result["consistency"]["steps"] == 0 else "exact_invariances_dose_0.25"
+                raw_only = result["consistency"]["steps"] == 0
+                key = "raw_samples_dose_0.25" if raw_only else "exact_invariances_dose_0.25"
                 c.setdefault("metrics", {})[key] = dict(
                     row, samples=result["samples"], consistency=result["consistency"])
                 card.write_text(json.dumps(c, indent=2) + "\n")

@@ -42,7 +42,8 @@ MUTANTS = (
         "spatial-sampler-no-variation", "the spatial sampler decodes the same latent map for every sample",
         LIB + "invariance/sampler.py",
         "v = latent_map_draws(n, shape, seed, temperature, offset=start).to(self.device)",
-        "v = latent_map_draws(n, shape, seed, temperature, offset=0)[:1].expand(n, -1, -1, -1).to(self.device)",
+        "v = latent_map_draws(n, shape, seed, temperature, offset=0)[:1]"
+        ".expand(n, -1, -1, -1).to(self.device)",
         ("Testing/test_spatial_engine.py::test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch",),
     ),
     Mutant(
@@ -56,7 +57,8 @@ MUTANTS = (
         "spatial-tiles", "the spatial decoder adds a fixed 32-pixel grid pattern",
         LIB + "invariance/spatial.py",
         "return self.out(F.silu(h)).float() + fx.float()",
-        "return self.out(F.silu(h)).float() + fx.float() + 0.05 * (torch.arange(fx.shape[-1], device=fx.device) % 32 == 0)",
+        "return self.out(F.silu(h)).float() + fx.float()"
+        " + 0.05 * (torch.arange(fx.shape[-1], device=fx.device) % 32 == 0)",
         ("Testing/test_spatial_engine.py::test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid",),
     ),
     Mutant(

@@ -57,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate-low-dose", help="simulate a reduced-dose scan of a full-dose input")
     p.add_argument("input")
-    p.add_argument("--dose", type=opt.dose_fraction, default=0.25, help="dose fraction a in (0, 1) (default 0.25)")
+    p.add_argument("--dose", type=opt.dose_fraction, default=0.25,
+                   help="dose fraction a in (0, 1) (default 0.25)")
     p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--i0", type=opt.positive_float,
                    help="full-dose photons per ray (default: estimated from the image noise)")
-    p.add_argument("--electronic-noise", type=opt.non_negative_float, default=10**0.5, help="electronic noise std (quanta)")
+    p.add_argument("--electronic-noise", type=opt.non_negative_float, default=10**0.5,
+                   help="electronic noise std (quanta)")
     p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
     p.add_argument("--views", type=opt.int_in(16, 20000), default=576, help="projection views per rotation")
     _add_volume_args(p)
@@ -94,11 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=opt.int_in(1, 4096), default=16,
                    help="samples per slice K (default 16, at most 4096)")
     p.add_argument("--seed", type=opt.seed, default=0)
-    p.add_argument("--temperature", type=opt.float_in(0.0, 10.0, lo_open=True), default=1.0, help="scale of v ~ N(0, T^2 I) (default 1)")
+    p.add_argument("--temperature", type=opt.float_in(0.0, 10.0, lo_open=True), default=1.0,
+                   help="scale of v ~ N(0, T^2 I) (default 1)")
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier results in --out (kept if this run fails)")
-    p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled spatial-latent "
+    p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled "
+                   "spatial-latent "
                    "engine (default: the bundled tiled engine)")
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
     p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-raw", action="store_true",
                    help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones")
     p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64,
-                   help="tiles (tiled engine) or samples (spatial engine) per batch (halved on out-of-memory)")
+                   help="tiles (tiled engine) or samples (spatial engine) per batch (halved on "
+                   "out-of-memory)")
     p.add_argument("--overlap", type=opt.non_negative_int, help="tile overlap in pixels (default: patch / 8)")
     p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
     p.add_argument("--tile-latents", choices=("shared", "independent"), default="shared",
@@ -166,10 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
                    help="train for at most this long: the step count is scaled down to fit")
     t.add_argument("--batch-size", type=opt.positive_int, help="per process (default: the size's recipe, 16)")
-    t.add_argument("--lr", type=opt.positive_float, help="default: the size's recipe (spatial 4e-4, else 1e-4)")
-    t.add_argument("--adv-weight", type=opt.non_negative_float, help="default: the size's recipe (spatial 0, else 1)")
-    t.add_argument("--adv-start", type=opt.non_negative_int, default=500, help="steps before the adversarial term starts")
-    t.add_argument("--l1-weight", type=opt.positive_float, default=0.0011852, help="weight of the summed L1 (paper)")
+    t.add_argument("--lr", type=opt.positive_float,
+                   help="default: the size's recipe (spatial 4e-4, else 1e-4)")
+    t.add_argument("--adv-weight", type=opt.non_negative_float,
+                   help="default: the size's recipe (spatial 0, else 1)")
+    t.add_argument("--adv-start", type=opt.non_negative_int, default=500,
+                   help="steps before the adversarial term starts")
+    t.add_argument("--l1-weight", type=opt.positive_float, default=0.0011852,
+                   help="weight of the summed L1 (paper)")
     t.add_argument("--kl-weight", type=opt.non_negative_float,
                    help="weight of the summed KL (paper and tiled sizes: 0.57504; spatial: 1e-5)")
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
@@ -190,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
                    help="train for at most this long: the step count is scaled down to fit")
     t.add_argument("--batch-size", type=opt.positive_int, default=64, help="per process")
-    t.add_argument("--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)")
+    t.add_argument("--patch", type=opt.int_in(16, 1024),
+                   help="crop size (spatial engines; default: the cVAE's)")
     t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
@@ -256,7 +266,9 @@ def _check_out(out: str, inp: str, overwrite: bool = False, folder: bool = False
         check_output_folder(o, overwrite)
         return o
     if _suffix(o) not in WRITE_SUFFIXES:
-        raise CTInvariancesError(f"cannot write '{_suffix(o) or o.name}': use one of {', '.join(WRITE_SUFFIXES)}", out)
+        raise CTInvariancesError(
+            f"cannot write '{_suffix(o) or o.name}': use one of {', '.join(WRITE_SUFFIXES)}", out
+        )
     if o.is_dir():
         raise CTInvariancesError("is a folder; give an image file name", out)
     if o.exists() and not overwrite:

@@ -24,7 +24,9 @@ def int_in(lo: int, hi: int | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {_describe(lo, hi, False, False)}")
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: must be {_describe(lo, hi, False, False)}"
+            )
         return value
 
     parse.__name__ = "integer"

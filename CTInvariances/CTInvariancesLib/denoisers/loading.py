@@ -104,7 +104,8 @@ class Denoiser:
                     from ..errors import CTInvariancesError
 
                     raise CTInvariancesError(
-                        f"the denoiser returned NaN or infinite values (slices {start}-{start + len(batch) - 1} "
+                        f"the denoiser returned NaN or infinite values "
+                        f"(slices {start}-{start + len(batch) - 1} "
                         "of this call); no output is written",
                         self.source or self.name,
                     )
@@ -184,9 +185,7 @@ def _module_from_state(arch: str, state: dict, path: Path) -> nn.Module:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(
-            f"weights do not fit {arch}: {str(exc).splitlines()[0]} ...", path
-        ) from None
+        raise WeightsError(f"weights do not fit {arch}: {str(exc).splitlines()[0]} ...", path) from None
     return module
 
 
@@ -242,7 +241,8 @@ def _resolve(spec, arch, input_convention, sha256) -> Denoiser:
     if ":" in spec and not spec.startswith((".", "/")):
         return _from_callable(spec, input_convention)
     raise CTInvariancesError(
-        "no such denoiser: give one of " + ", ".join(DENOISER_NAMES)
+        "no such denoiser: give one of "
+        + ", ".join(DENOISER_NAMES)
         + ", a weight file (.pt, .safetensors, TorchScript) or module:callable",
         spec,
     )

@@ -33,7 +33,6 @@ def holdout_patches(
     """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices."""
     from ..datasets import make_pairs
     from ..evaluation import HOLDOUT_SEED
-
     from .sampler import slice_noise_hu
 
     pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)

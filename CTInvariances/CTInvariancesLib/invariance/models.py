@@ -64,11 +64,17 @@ def cinn_fits(cinn_cfg, cvae) -> bool:
     """Whether a cINN layout fits a cVAE (latent shape and condition size)."""
     if isinstance(cvae, SpatialCVAE):
         return isinstance(cinn_cfg, SpatialCINNConfig) and (cinn_cfg.latent_ch, cinn_cfg.down) == (
-            cvae.cfg.latent_ch, cvae.cfg.down)
-    return isinstance(cinn_cfg, CINNConfig) and cinn_cfg.z_dim == cvae.z_dim and cinn_cfg.cond_size == cvae.patch
+            cvae.cfg.latent_ch,
+            cvae.cfg.down,
+        )
+    return (
+        isinstance(cinn_cfg, CINNConfig) and cinn_cfg.z_dim == cvae.z_dim and cinn_cfg.cond_size == cvae.patch
+    )
 
 
-def save_cvae(model: ConditionalVAE | SpatialCVAE, path: str | Path, training: dict, extra: dict | None = None) -> Path:
+def save_cvae(
+    model: ConditionalVAE | SpatialCVAE, path: str | Path, training: dict, extra: dict | None = None
+) -> Path:
     card = {
         "kind": "cvae",
         "size": model.cfg.name,
@@ -97,7 +103,9 @@ def save_cinn(
         "denoiser": denoiser.describe(portable=True) if isinstance(denoiser, Denoiser) else denoiser,
         "cvae": {"file": cvae_card.get("file"), "sha256": cvae_card.get("sha256")},
         "normalization": NORMALIZATION,
-        "log_det": "exact" if isinstance(model, SpatialCINN) else "exact (includes the invertible leaky ReLU)",
+        "log_det": "exact"
+        if isinstance(model, SpatialCINN)
+        else "exact (includes the invertible leaky ReLU)",
         "training": training,
         **(extra or {}),
     }
@@ -145,7 +153,9 @@ def _load_engine_model(path: Path, kind: str, device):
     cfg = card.get("config") or {}
     try:
         if kind == "cvae":
-            model = build_cvae(SpatialCVAEConfig.from_dict(cfg) if is_spatial(cfg) else CVAEConfig.from_dict(cfg))
+            model = build_cvae(
+                SpatialCVAEConfig.from_dict(cfg) if is_spatial(cfg) else CVAEConfig.from_dict(cfg)
+            )
         else:
             model = build_cinn(
                 SpatialCINNConfig.from_dict(cfg) if is_spatial(cfg) else CINNConfig.from_dict(cfg), seed=None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +30,12 @@ from .consistency import DEFAULT_METHOD, DEFAULT_STEPS, consistency_project
 from .sampler import std_map
 
 OUTPUT_FILES = (
-    "samples.seq.nrrd", "samples_raw.seq.nrrd", "denoised.nrrd", "std_map.nrrd", "metrics.json", "run.json"
+    "samples.seq.nrrd",
+    "samples_raw.seq.nrrd",
+    "denoised.nrrd",
+    "std_map.nrrd",
+    "metrics.json",
+    "run.json",
 )
 __all__ = ["Cancelled", "sample_volume", "slice_check", "diversity"]
 
@@ -120,16 +125,29 @@ def sample_volume(
                 raise Cancelled()
             x = volume.array[k]
             t = time.perf_counter()
-            res = sampler.sample(x, n_samples, temperature=temperature, seed=seed, batch_size=batch_size,
-                                 slice_index=int(volume.source_slice_indices[k]), pixel_mm=pixel_mm)
+            res = sampler.sample(
+                x,
+                n_samples,
+                temperature=temperature,
+                seed=seed,
+                batch_size=batch_size,
+                slice_index=int(volume.source_slice_indices[k]),
+                pixel_mm=pixel_mm,
+            )
             timing["sampling_s"] += time.perf_counter() - t
             raw = res.samples
             samples = raw
             t = time.perf_counter()
             if consistency_steps > 0:
                 cons = consistency_project(
-                    sampler.denoiser, x, raw, consistency_steps, consistency_method,
-                    denoised_hu=res.denoised, batch_size=consistency_batch, should_stop=should_stop,
+                    sampler.denoiser,
+                    x,
+                    raw,
+                    consistency_steps,
+                    consistency_method,
+                    denoised_hu=res.denoised,
+                    batch_size=consistency_batch,
+                    should_stop=should_stop,
                 )
                 samples = cons.samples
             timing["consistency_s"] += time.perf_counter() - t
@@ -254,7 +272,9 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "denoiser": sampler.denoiser.describe(),
         "sampler": sampler.kind,
         "consistency": consistency,
-        "cvae": {k: (cards.get("cvae") or {}).get(k) for k in ("file", "sha256", "size")} if learned else None,
+        "cvae": {k: (cards.get("cvae") or {}).get(k) for k in ("file", "sha256", "size")}
+        if learned
+        else None,
         "cinn": None
         if not learned or sampler.cinn is None
         else {k: (cards.get("cinn") or {}).get(k) for k in ("file", "sha256")},
@@ -262,8 +282,14 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "seed": seed,
         "temperature": temperature,
         "batch_size": batch_size,
-        "tile": {"size": sampler.patch, "overlap": sampler.overlap, "skip_air": sampler.skip_air,
-                 "latents": sampler.tile_latents} if tiled else None,
+        "tile": {
+            "size": sampler.patch,
+            "overlap": sampler.overlap,
+            "skip_air": sampler.skip_air,
+            "latents": sampler.tile_latents,
+        }
+        if tiled
+        else None,
         "parameters": parameters or {},
     }
 

@@ -95,7 +95,9 @@ class SpatialGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        eps = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:
@@ -222,8 +224,10 @@ class ConvCoupling(nn.Module):
         nb = ch - self.na
         self.clamp = clamp
         self.net = nn.Sequential(
-            nn.Conv2d(self.na + cond_width, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(self.na + cond_width, hidden, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.LeakyReLU(0.2),
             nn.Conv2d(hidden, 2 * nb, 3, padding=1),
         )
         nn.init.zeros_(self.net[-1].weight)
@@ -307,8 +311,13 @@ class SpatialCINN(nn.Module):
             fx = torch.cat([fx, noise_level_map(noise_hu, fx)], 1)
         return self.embedder(fx)
 
-    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
-                noise_hu: torch.Tensor | float | None = None):
+    def forward(
+        self,
+        z: torch.Tensor,
+        fx: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        noise_hu: torch.Tensor | float | None = None,
+    ):
         """(v, exact log|det dv/dz|) per sample."""
         c = self.embed(fx, noise_hu) if embedding is None else embedding
         logdet = z.new_zeros(z.shape[0])
@@ -317,14 +326,21 @@ class SpatialCINN(nn.Module):
             logdet = logdet + ld
         return z, logdet
 
-    def reverse(self, v: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
-                noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
+    def reverse(
+        self,
+        v: torch.Tensor,
+        fx: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        noise_hu: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
         c = self.embed(fx, noise_hu) if embedding is None else embedding
         for step in reversed(self.steps):
             v = step.reverse(v, c)
         return v
 
-    def nll(self, z: torch.Tensor, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
+    def nll(
+        self, z: torch.Tensor, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
         """Mean over the batch of (0.5 |v|^2 - log det) per latent element."""
         v, logdet = self(z, fx, noise_hu=noise_hu)
         return 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()

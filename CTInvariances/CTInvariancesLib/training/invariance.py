@@ -216,9 +216,14 @@ class _Checkpointed:
         if not self.ctx.is_main:
             return
         state = {k: m.state_dict() for k, m in self._stateful().items()}
-        state.update(step=self.step, elapsed=self.elapsed, sampler=json.dumps(sampler.state()),
-                     torch_rng=torch.get_rng_state(), config=json.dumps(asdict(self.cfg)),
-                     **self._extra_state())
+        state.update(
+            step=self.step,
+            elapsed=self.elapsed,
+            sampler=json.dumps(sampler.state()),
+            torch_rng=torch.get_rng_state(),
+            config=json.dumps(asdict(self.cfg)),
+            **self._extra_state(),
+        )
         _atomic_save(state, self._ckpt())
 
     def try_resume(self, sampler) -> bool:
@@ -286,7 +291,13 @@ class _Loop:
     """Checkpointed step loop with a progress bar and a JSON-lines log (rank 0 writes)."""
 
     def __init__(
-        self, out: Path, ctx: ddp.DistContext, total: int, desc: str, progress: bool, checkpoint_every: int,
+        self,
+        out: Path,
+        ctx: ddp.DistContext,
+        total: int,
+        desc: str,
+        progress: bool,
+        checkpoint_every: int,
         log_name: str = "log.jsonl",
     ) -> None:
         self.out, self.ctx, self.total, self.every = out, ctx, total, checkpoint_every
@@ -460,8 +471,13 @@ class CVAETrainer(_Checkpointed):
         self._ddp_wrap()
         self.model.train()
         self.critic.train()
-        if not self._steps(sampler, f"train cvae ({cfg.size})", progress, stop_at,
-                           lambda smp: self._train_step(*self._batch(smp))):
+        if not self._steps(
+            sampler,
+            f"train cvae ({cfg.size})",
+            progress,
+            stop_at,
+            lambda smp: self._train_step(*self._batch(smp)),
+        ):
             return None
         return self.export()
 
@@ -507,11 +523,18 @@ def _warm_start(model: nn.Module, path: str) -> dict:
         t = state[k]
         if t.shape == v.shape:
             t.copy_(v)
-        elif t.dim() == 4 and t.shape[0] == v.shape[0] and t.shape[1] > v.shape[1] and t.shape[2:] == v.shape[2:]:
+        elif (
+            t.dim() == 4
+            and t.shape[0] == v.shape[0]
+            and t.shape[1] > v.shape[1]
+            and t.shape[2:] == v.shape[2:]
+        ):
             t.zero_()
             t[:, : v.shape[1]].copy_(v)
         else:
-            raise CTInvariancesError(f"--init: {k} has shape {tuple(v.shape)}, the new cINN {tuple(t.shape)}", path)
+            raise CTInvariancesError(
+                f"--init: {k} has shape {tuple(v.shape)}, the new cINN {tuple(t.shape)}", path
+            )
     model.load_state_dict(state)
     return {"file": card.get("file"), "sha256": card.get("sha256")}
 
@@ -580,11 +603,14 @@ class CINNTrainer(_Checkpointed):
             raise CTInvariancesError(
                 "the cINN configuration does not fit this cVAE (latent shape / patch)", cfg.cvae
             )
-        if cfg.patch is not None and (not isinstance(cinn_cfg, SpatialCINNConfig)
-                                      or cfg.patch % self.cvae.multiple or cfg.patch < 16):
+        if cfg.patch is not None and (
+            not isinstance(cinn_cfg, SpatialCINNConfig) or cfg.patch % self.cvae.multiple or cfg.patch < 16
+        ):
             raise CTInvariancesError(
                 f"--patch {cfg.patch}: only a spatial engine trains on other crop sizes "
-                "(a multiple of its latent stride, at least 16)", cfg.cvae)
+                "(a multiple of its latent stride, at least 16)",
+                cfg.cvae,
+            )
         self.model = build_cinn(cinn_cfg, seed=cfg.seed).to(self.device)
         self.init_from = None
         if cfg.init:
