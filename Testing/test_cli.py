@@ -91,7 +91,7 @@ def test_simulate_low_dose_cli(ct_small, tmp_path):
     run("simulate-low-dose", str(src), "--seed", "3", "--out", str(out2))
     assert np.array_equal(read_volume(out2).array, ld.array)
     assert_one_line_error(run("simulate-low-dose", str(src), "--dose", "1.5", "--out", str(out2)),
-                          "--dose 1.5")
+                          "--dose", "1.5 is out of range")
     assert_one_line_error(run("simulate-low-dose", str(src), "--out", str(src)),
                           "refusing to write onto or inside the input")
 

@@ -177,3 +177,19 @@ def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(
     assert main(good + ["--seed", "5", "--overwrite"]) == 0
     assert first == 0 and json.loads((out / "run.json").read_text())["seed"] == 5
     json.loads((out / "metrics.json").read_text())  # valid JSON
+
+
+@pytest.mark.parametrize("name", ["vol.nii.gz", "vol.nrrd"])
+def test_a_truncated_compressed_file_is_refused(tmp_path, capsys, name):
+    import SimpleITK as sitk
+
+    arr = np.random.default_rng(0).normal(0, 50, (16, 32, 32)).astype(np.float32)
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path), useCompression=True)
+    assert main(["inspect", str(path)]) == 0  # the whole file reads
+    capsys.readouterr()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and "truncated or corrupt" in err

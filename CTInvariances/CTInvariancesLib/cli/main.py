@@ -584,9 +584,24 @@ def _interrupt_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _quiet_libraries() -> None:
+    """Library warnings are not for the user of a command line (pydicom's on real scanner files,
+    numpy's floating-point notes, torch's): what matters is checked and said by this tool itself
+    (non-finite images and outputs are errors, geometry problems are our own warnings)."""
+    import warnings
+
+    import numpy as np
+
+    for module in ("pydicom", "torch", "SimpleITK", "scipy", "skimage", "nrrd", "numpy"):
+        warnings.filterwarnings("ignore", module=module)
+    np.seterr(all="ignore")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        _quiet_libraries()
     previous = _interrupt_on_sigterm()
     try:
         return COMMANDS[args.command](args) or 0

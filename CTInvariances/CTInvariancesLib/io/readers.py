@@ -94,8 +94,33 @@ def _check_header(path: Path, suffix: str) -> None:
                 raise InputError(f"MetaImage data file '{ref}' is missing next to the header", path)
 
 
+def _check_complete(path: Path, suffix: str) -> None:
+    """A truncated compressed file reads without complaint (ITK fills the missing voxels with 0):
+    decompress the stream to its end first, which fails on a cut file."""
+    import gzip
+    import zlib
+
+    try:
+        if suffix == ".nii.gz" or path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        elif suffix == ".nrrd":
+            data = path.read_bytes()
+            end = data.find(b"\n\n")
+            header = data[:end].decode("latin-1").lower() if end > 0 else ""
+            if re.search(r"^encoding:\s*(gz|gzip)\s*$", header, re.M):
+                d = zlib.decompressobj(wbits=47)  # gzip or zlib stream
+                d.decompress(data[end + 2 :])
+                if not d.eof:
+                    raise EOFError("compressed stream ends early")
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"the compressed data is truncated or corrupt ({exc})", path) from None
+
+
 def _read_itk_image(path: Path, suffix: str) -> CTVolume:
     _check_header(path, suffix)
+    _check_complete(path, suffix)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
