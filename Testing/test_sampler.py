@@ -166,10 +166,14 @@ def test_cancelled_or_failed_run_leaves_nothing(sampler, tmp_path):
 
     with pytest.raises(Cancelled):
         sample_volume(_volume(), sampler, tmp_path / "c", n_samples=2, should_stop=stop_after_one)
-    assert list((tmp_path / "c").iterdir()) == []
+    assert not (tmp_path / "c").exists()  # the folder it created is gone too
     with pytest.raises(ZeroDivisionError):  # any failure after the first slice
         sample_volume(_volume(), sampler, tmp_path / "f", n_samples=2, progress=lambda n: 1 / 0)
-    assert list((tmp_path / "f").iterdir()) == []
+    assert not (tmp_path / "f").exists()
+    (tmp_path / "given").mkdir()  # a folder the user made stays, empty
+    with pytest.raises(ZeroDivisionError):
+        sample_volume(_volume(), sampler, tmp_path / "given", n_samples=2, progress=lambda n: 1 / 0)
+    assert list((tmp_path / "given").iterdir()) == []
 
 
 def test_refuses_to_overwrite_earlier_results(sampler, tmp_path):
