@@ -135,41 +135,14 @@ def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     inp = ct_small
     out = tmp_path / "new" / "run"
-    bad = [
-        "sample",
-        str(inp),
-        "--denoiser",
-        "custom_denoisers:nan_out",
-        "--sampler",
-        "noise",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--samples",
-        "2",
-        "--consistency",
-        "0",
-    ]
-    assert main(bad) == 2
+    def run_args(denoiser: str) -> list[str]:
+        return ["sample", str(inp), "--denoiser", denoiser, "--sampler", "noise", "--out", str(out),
+                "--device", "cpu", "--samples", "2", "--consistency", "0"]
+
+    assert main(run_args("custom_denoisers:nan_out")) == 2
     capsys.readouterr()
     assert not out.exists() and not (tmp_path / "new").exists()
-    good = [
-        "sample",
-        str(inp),
-        "--denoiser",
-        "custom_denoisers:smoother",
-        "--sampler",
-        "noise",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--samples",
-        "2",
-        "--consistency",
-        "0",
-    ]
+    good = run_args("custom_denoisers:smoother")
     assert main(good) == 0
     first = json.loads((out / "run.json").read_text())["seed"]
     assert main(good + ["--seed", "5"]) == 2  # results there: refused, kept

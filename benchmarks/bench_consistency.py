@@ -125,6 +125,18 @@ def _one(denoiser: str, sampler: str, device: str = "cpu", cvae: str | None = No
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
+def _in_fresh_process(argv: list[str], cvae: str | None, row: str) -> tuple[dict | None, str]:
+    """Run this script's ``argv`` in a new process (so peak memory is that run's); its JSON result
+    and the peak GPU memory as text, or None after printing the failure as a table row."""
+    out = subprocess.run([sys.executable, __file__, *argv] + ([cvae] if cvae else []), capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        print(f"{row}| failed: {out.stderr.strip().splitlines()[-1:]} |", flush=True)
+        return None, ""
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r, "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
+
+
 def speed(args) -> None:
     from CTInvariancesLib.training.distributed import hardware_description
 
@@ -136,14 +148,10 @@ def speed(args) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.denoisers:
         for sampler in args.samplers:
-            cmd = [sys.executable, __file__, "_one", name, sampler, args.device] + (
-                [args.cvae] if args.cvae else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"| {name} | {sampler} | failed: {out.stderr.strip().splitlines()[-1:]} |", flush=True)
+            r, gpu = _in_fresh_process(["_one", name, sampler, args.device], args.cvae,
+                                       f"| {name} | {sampler} ")
+            if r is None:
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
             print(f"| {name} | {sampler} | {r['sampling_s']:.2f} | {r['consistency_s']:.2f} | "
                   f"{r['sampling_s'] + r['consistency_s']:.2f} | {r['steps']} | "
                   f"{r['peak_rss_mb']:.0f} | {gpu} |",
@@ -182,14 +190,10 @@ def raw(args) -> None:
     print("| slice | seconds | peak RSS MB | peak GPU MB |")
     print("| --- | --- | --- | --- |")
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "_raw", str(size), str(args.samples), args.device] + (
-            [args.cvae] if args.cvae else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"| {size} | failed: {out.stderr.strip().splitlines()[-1:]} |", flush=True)
+        r, gpu = _in_fresh_process(["_raw", str(size), str(args.samples), args.device], args.cvae,
+                                   f"| {size} ")
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
         print(f"| {size} x {size} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 
