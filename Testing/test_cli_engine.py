@@ -69,7 +69,8 @@ def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp
     proc = _sample(ct_small, tiny_models, out, "--denoiser", "redcnn")
     assert_one_line_error(proc, "cinn-redcnn.safetensors", "not found")
     assert not out.exists()
-    assert_one_line_error(_sample(ct_small, tiny_models, out, "--samples", "0"), "--samples 0")
+    assert_one_line_error(_sample(ct_small, tiny_models, out, "--samples", "0"),
+                          "--samples", "0 is out of range")
     assert_one_line_error(_sample(ct_small, tmp_path / "nope", out), "cVAE weights not found")
     ok = _sample(ct_small, tiny_models, out, "--samples", "1", "--no-check")
     assert ok.returncode == 0, ok.stderr
