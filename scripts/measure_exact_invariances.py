@@ -180,7 +180,32 @@ def _machine(device: str = "cpu") -> str:
     return hardware_description(device)
 
 
+def raw_table(result: dict) -> str:
+    """The table of a raw-only run (``--steps 0``): diversity and realism of the raw samples."""
+    lines = [
+        f"K = {result['samples']} raw samples (no consistency step); slices: "
+        + ", ".join(next(iter(result["denoisers"].values()))["slices"]) + f"; {result['machine']}.",
+        "",
+        "| denoiser | sampler | noise std of x (HU) | raw std-map median (HU) | raw std / noise std (>= 0.5) "
+        "| raw power ratio ([0.7, 1.3]) | raw fidelity ratio | fresh-noise ratio | pairwise RMSE (HU) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in result["denoisers"].items():
+        for kind in ("noise", "cinn"):
+            if kind in row:
+                r = row[kind]
+                lines.append(
+                    f"| {name} | {kind} | {row['noise_std_hu']:.1f} | {r['std_map_median_hu_raw']:.1f} | "
+                    f"{r['raw_std_over_noise_std']:.2f} | {r['power_ratio_raw']:.2f} | "
+                    f"{r['raw_ratio']:.3f} | "
+                    f"{row['fresh_noise_ratio']:.3f} | {r['pairwise_rmse_median_hu']:.1f} |"
+                )
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
+    if result["consistency"]["steps"] == 0:
+        return raw_table(result)
     lines = [
         f"K = {result['samples']}, consistency: {result['consistency']['method']}, "
         f"{result['consistency']['steps']} steps; slices: "
