@@ -119,4 +119,5 @@ def hardware_description(device: torch.device | str, world_size: int = 1) -> str
         import platform
 
         name = platform.processor() or name
-    return f"{per}{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{per}{name}, {os.cpu_count()} cores, {threads} thread{'s' if threads != 1 else ''}"
