@@ -41,9 +41,9 @@ MUTANTS = (
     Mutant(
         "spatial-sampler-no-variation", "the spatial sampler decodes the same latent map for every sample",
         LIB + "invariance/sampler.py",
-        "v = latent_map_draws(n, shape, seed, temperature, offset=start).to(self.device)",
-        "v = latent_map_draws(n, shape, seed, temperature, offset=0)[:1]"
-        ".expand(n, -1, -1, -1).to(self.device)",
+        "v = latent_draws(stop - start, shape, seed, temperature, offset=start).to(self.device)",
+        "v = latent_draws(1, shape, seed, temperature, offset=0)"
+        ".expand(stop - start, -1, -1, -1).to(self.device)",
         ("Testing/test_spatial_engine.py::test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch",),
     ),
     Mutant(

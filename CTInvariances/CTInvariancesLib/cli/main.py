@@ -253,8 +253,7 @@ def _read(args):
 def _check_out(out: str, inp: str, overwrite: bool = False, folder: bool = False) -> Path:
     """The output path, checked before any work: not the input, a writable place, a known image
     suffix (files), and not an existing file unless ``overwrite`` (folders: see sample_volume)."""
-    import os
-
+    from ..files import check_can_create
     from ..io.readers import WRITE_SUFFIXES, _suffix
 
     o = Path(out)
@@ -273,9 +272,7 @@ def _check_out(out: str, inp: str, overwrite: bool = False, folder: bool = False
         raise CTInvariancesError("is a folder; give an image file name", out)
     if o.exists() and not overwrite:
         raise CTInvariancesError("exists; choose another name or give --overwrite", out)
-    parent = next(p for p in [o.parent, *o.parent.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise CTInvariancesError("cannot write here (not a writable folder)", parent)
+    check_can_create(o.parent)
     return o
 
 

@@ -80,20 +80,24 @@ class DiagonalGaussian:
     """q(z | x, f(x)) from the encoder's 2 z_dim outputs (mean, clamped log-variance)."""
 
     def __init__(self, params: torch.Tensor) -> None:
-        params = params.flatten(1)
+        self._split(params.flatten(1))
+
+    def _split(self, params: torch.Tensor) -> None:
+        """Mean and log-variance: the two halves of dimension 1."""
         self.mean, logvar = params.chunk(2, dim=1)
         self.logvar = logvar.clamp(*LOGVAR_RANGE)
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
+        """A posterior sample; with a ``generator``, the noise is drawn on the generator's device (a
+        CPU generator gives the same draws whether the model runs on the CPU or a GPU)."""
+        device = self.mean.device if generator is None else generator.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
 
     def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) per sample, summed over dimensions."""
-        return 0.5 * (self.mean**2 + self.std**2 - 1.0 - self.logvar).sum(dim=1)
+        """KL(q || N(0, I)) per sample, summed over all latent dimensions."""
+        return 0.5 * (self.mean**2 + self.std**2 - 1.0 - self.logvar).flatten(1).sum(dim=1)
 
 
 # --- encoder: torchvision's ResNet layout (names match), written out so no torchvision is needed

@@ -76,13 +76,12 @@ def invertibility(
     for s in range(0, len(ps.x), batch):
         x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
         nz = _noise(ps, slice(s, s + batch), dev)
-        z = _posterior_sample(cvae.encode(x, fx), gen)
+        z = cvae.encode(x, fx).sample(gen)
         v, _ = cinn(z, fx, noise_hu=nz)
         errs.append((cinn.reverse(v, fx, noise_hu=nz) - z).abs().max().cpu())
         vs.append(v.cpu())
     v = torch.cat(vs)
-    # per latent dimension (global latent) or per latent channel (latent map)
-    units = v.transpose(0, 1).flatten(1) if v.dim() == 4 else v.t()
+    units = _per_unit(v)
     mean, std = units.mean(1), units.std(1)
     return {
         "n_latents": int(len(v)),
@@ -115,7 +114,7 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
         idx = torch.arange(s, min(s + batch, len(ps.x)))
         x, fx = ps.x[idx].to(dev), ps.fx[idx].to(dev)
         q = cvae.encode(x, fx)
-        z = _posterior_sample(q, gen)
+        z = q.sample(gen)
         kls.append(q.kl().cpu())
         for out, cond, nz in ((true_nll, fx, _noise(ps, idx, dev)),
                               (shuffled_nll, ps.fx[perm[idx]].to(dev), _noise(ps, perm[idx], dev))):
@@ -140,10 +139,9 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _posterior_sample(q, gen: torch.Generator) -> torch.Tensor:
-    """A posterior sample with noise from a CPU generator (reproducible on any device)."""
-    eps = torch.randn(q.mean.shape, generator=gen).to(q.mean.device, q.mean.dtype)
-    return q.mean + q.std * eps
+def _per_unit(t: torch.Tensor) -> torch.Tensor:
+    """[units, N] values per latent dimension (global latent [N, D]) or per channel (map [N, C, h, w])."""
+    return t.transpose(0, 1).flatten(1) if t.dim() == 4 else t.t()
 
 
 def _rmse_hu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -222,7 +220,7 @@ def reconstruction_error(cvae: ConditionalVAE, ps: PatchSet, batch: int = 100, s
         x, fx = ps.x[s : s + batch].to(dev), ps.fx[s : s + batch].to(dev)
         q = cvae.encode(x, fx)
         mean_err.append(_rmse_hu(cvae.decode(q.mean, fx), x).cpu())
-        sample_err.append(_rmse_hu(cvae.decode(_posterior_sample(q, gen), fx), x).cpu())
+        sample_err.append(_rmse_hu(cvae.decode(q.sample(gen), fx), x).cpu())
     return {
         "median_rmse_hu_posterior_mean": float(torch.cat(mean_err).median()),
         "median_rmse_hu_posterior_sample": float(torch.cat(sample_err).median()),
@@ -339,7 +337,7 @@ def latent_usage(cvae, cinn, ps: PatchSet, batch: int = 50, seed: int = 0) -> di
         acc["zstd"].append((_rmse_hu(cvae.decode(z1, fx), cvae.decode(z2, fx)) / 2**0.5).cpu())
         acc["qstd"].append(q.std.mean().reshape(1).cpu())
         acc["qmean"].append(q.mean.cpu())
-        acc["z"].append(_posterior_sample(q, gen).cpu())
+        acc["z"].append(q.sample(gen).cpu())
         if cinn is not None:
             v = torch.randn(q.mean.shape, generator=gen).to(dev)
             zc = cinn.reverse(v, fx, noise_hu=_noise(ps, slice(s, s + batch), dev))
@@ -349,8 +347,7 @@ def latent_usage(cvae, cinn, ps: PatchSet, batch: int = 50, seed: int = 0) -> di
             acc["pow_x"].append(((x - fx) ** 2).flatten(1).mean(1).cpu())
 
     def unit_std(t: torch.Tensor) -> float:
-        u = t.transpose(0, 1).flatten(1) if t.dim() == 4 else t.t()
-        return float(u.std(1).median())
+        return float(_per_unit(t).std(1).median())
 
     out = {
         "n_patches": int(len(ps.x)),

@@ -22,6 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import Cancelled
+from ..files import check_can_create
 from ..io.streaming import StreamingNrrdWriter
 from ..io.volume import CTVolume
 from ..lowdose import estimate_noise_hu
@@ -213,9 +214,7 @@ def check_output_folder(out: Path, overwrite: bool = False) -> None:
         raise InputError(
             f"output folder already holds {', '.join(existing)}; choose a new folder or give --overwrite", out
         )
-    parent = out if out.exists() else next(p for p in out.parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError("cannot write here (no permission)", parent)
+    check_can_create(out)
 
 
 def _fidelity(rows: list[dict]) -> dict:

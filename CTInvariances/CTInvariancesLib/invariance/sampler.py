@@ -39,14 +39,36 @@ class SliceSamples:
 
 
 def latent_draws(
-    n: int, z_dim: int, seed: int, temperature: float = 1.0, offset: int = 0
+    n: int, shape: int | tuple[int, ...], seed: int, temperature: float = 1.0, offset: int = 0
 ) -> torch.Tensor:
-    """v for samples offset..offset+n-1: sample k always gets the same draw for a given seed."""
-    out = torch.empty(n, z_dim)
+    """v for samples offset..offset+n-1 (a z_dim vector or a latent map of ``shape`` each): sample k
+    always gets the same draw for a given seed, whatever K or the batch."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    out = torch.empty((n, *shape))
     for i in range(n):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + offset + i)
-        out[i] = torch.randn(z_dim, generator=gen)
+        out[i] = torch.randn(shape, generator=gen)
     return out * float(temperature)
+
+
+def _run_in_batches(n_items: int, batch_size: int, device: torch.device, run, place) -> int:
+    """``place(a, b, run(a, b))`` over consecutive ranges of at most ``batch_size`` items, halving the
+    batch on out-of-memory instead of failing; returns the batch size that worked."""
+    start = 0
+    while start < n_items:
+        stop = min(n_items, start + batch_size)
+        try:
+            out = run(start, stop)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        place(start, stop, out)
+        start = stop
+    return batch_size
 
 
 def tile_starts(length: int, patch: int, overlap: int) -> list[int]:
@@ -208,22 +230,16 @@ class InvarianceSampler:
                              temperature, offset=k)[0]
                 for (r, c), k in jobs
             ]).to(self.device) if jobs else v[:0]
-        start = 0
-        while start < len(jobs):
-            chunk = jobs[start : start + batch_size]
-            try:
-                out = self._decode_jobs(chunk, fx_t, v_jobs[start : start + len(chunk)])
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)  # back off instead of failing
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            for ((r, c), k), tile in zip(chunk, out):
+
+        def place(start: int, stop: int, out: np.ndarray) -> None:
+            for ((r, c), k), tile in zip(jobs[start:stop], out):
                 acc[k, r : r + p, c : c + p] += weights[((r, c), k)] * tile
                 mask[r : r + p, c : c + p] = True
-            start += len(chunk)
+
+        batch_size = _run_in_batches(
+            len(jobs), batch_size, self.device,
+            lambda a, b: self._decode_jobs(jobs[a:b], fx_t, v_jobs[a:b]), place,
+        )
         inner = (slice(None), slice(stride, stride + h), slice(stride, stride + w))
         samples = (acc[inner] / wsum[inner]).astype(np.float32)
         self.last_batch_size = batch_size
@@ -296,22 +312,15 @@ class SpatialInvarianceSampler:
         out = np.empty((n_samples, h, w), np.float32)
         # at most ~2 M pixels per batch: a 512 x 512 slice decodes 8 samples at a time
         batch_size = max(1, min(int(batch_size), MAX_BATCH_PIXELS // (hp * wp)))
-        start = 0
-        while start < n_samples:
-            n = min(batch_size, n_samples - start)
-            v = latent_map_draws(n, shape, seed, temperature, offset=start).to(self.device)
-            try:
-                xt = self._decode(v, fx_t, emb)
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            out[start : start + n] = xt[:, :h, :w]
-            start += n
-        self.last_batch_size = batch_size
+
+        def decode(start: int, stop: int) -> np.ndarray:
+            v = latent_draws(stop - start, shape, seed, temperature, offset=start).to(self.device)
+            return self._decode(v, fx_t, emb)
+
+        def place(start: int, stop: int, xt: np.ndarray) -> None:
+            out[start:stop] = xt[:, :h, :w]
+
+        self.last_batch_size = _run_in_batches(n_samples, batch_size, self.device, decode, place)
         return SliceSamples(samples=out, denoised=fx, sampled_mask=np.ones((h, w), bool))
 
     def _decode(self, v: torch.Tensor, fx_t: torch.Tensor, emb: torch.Tensor | None) -> np.ndarray:
@@ -329,17 +338,6 @@ def slice_noise_hu(x_hu: np.ndarray) -> float:
     from ..lowdose import estimate_noise_hu
 
     return estimate_noise_hu(x_hu)
-
-
-def latent_map_draws(
-    n: int, shape: tuple[int, int, int], seed: int, temperature: float = 1.0, offset: int = 0
-) -> torch.Tensor:
-    """v maps for samples offset..offset+n-1, each drawn from (seed, k) alone."""
-    out = torch.empty((n, *shape))
-    for i in range(n):
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + offset + i)
-        out[i] = torch.randn(shape, generator=gen)
-    return out * float(temperature)
 
 
 class NoiseSampler:

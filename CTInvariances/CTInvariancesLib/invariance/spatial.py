@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cvae import LOGVAR_RANGE
+from .cvae import DiagonalGaussian
 from .layers import ActNorm
 
 ARCH = "spatial"
@@ -86,23 +86,12 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
 
 
-class SpatialGaussian:
-    """q(z | x, f(x)) as a map: mean and clamped log-variance, [B, C, h, w] each."""
+class SpatialGaussian(DiagonalGaussian):
+    """q(z | x, f(x)) as a map: mean and clamped log-variance, [B, C, h, w] each (sampling and KL as
+    for the global latent)."""
 
     def __init__(self, params: torch.Tensor) -> None:
-        self.mean, logvar = params.chunk(2, dim=1)
-        self.logvar = logvar.clamp(*LOGVAR_RANGE)
-        self.std = torch.exp(0.5 * self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
-
-    def kl(self) -> torch.Tensor:
-        """KL(q || N(0, I)) per sample, summed over the map."""
-        return 0.5 * (self.mean**2 + self.std**2 - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+        self._split(params)  # channels: C means, then C log-variances
 
 
 class SpatialEncoder(nn.Module):

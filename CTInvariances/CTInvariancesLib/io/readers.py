@@ -106,14 +106,19 @@ def _check_complete(path: Path, suffix: str) -> None:
                 while f.read(1 << 22):
                     pass
         elif suffix == ".nrrd":
-            data = path.read_bytes()
-            end = data.find(b"\n\n")
-            header = data[:end].decode("latin-1").lower() if end > 0 else ""
-            if re.search(r"^encoding:\s*(gz|gzip)\s*$", header, re.M):
-                d = zlib.decompressobj(wbits=47)  # gzip or zlib stream
-                d.decompress(data[end + 2 :])
-                if not d.eof:
-                    raise EOFError("compressed stream ends early")
+            with open(path, "rb") as f:
+                lines = []
+                for line in f:  # the header ends at the first empty line
+                    if not line.strip():
+                        break
+                    lines.append(line)
+                header = b"".join(lines).decode("latin-1").lower()
+                if re.search(r"^encoding:\s*(gz|gzip)\s*$", header, re.M):
+                    d = zlib.decompressobj(wbits=47)  # gzip or zlib stream, decompressed in chunks
+                    while chunk := f.read(1 << 22):
+                        d.decompress(chunk)
+                    if not d.eof:
+                        raise EOFError("compressed stream ends early")
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(f"the compressed data is truncated or corrupt ({exc})", path) from None
 

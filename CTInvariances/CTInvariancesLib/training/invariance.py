@@ -119,14 +119,17 @@ def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
     return out
 
 
-def conditioned_sampler(ld_hu: np.ndarray, fx_hu: list[np.ndarray], patch: int, seed: int) -> PatchSampler:
-    """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser. The
-    sampler also knows each slice's noise level (what the spatial cINN is conditioned on)."""
+def conditioned_sampler(
+    ld_hu: np.ndarray, fx_hu: list[np.ndarray], patch: int, seed: int, noise_levels: bool = False
+) -> PatchSampler:
+    """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser. With
+    ``noise_levels`` the sampler also knows each slice's noise level (what the spatial cINN is
+    conditioned on; only computed for a model that uses it)."""
     from ..invariance.sampler import slice_noise_hu
 
     ld = np.concatenate([ld_hu] * len(fx_hu))
     fx = np.concatenate(fx_hu)
-    noise = np.array([slice_noise_hu(s) for s in ld_hu] * len(fx_hu), np.float32)
+    noise = np.array([slice_noise_hu(s) for s in ld_hu] * len(fx_hu), np.float32) if noise_levels else None
     return PatchSampler(ld, fx, patch, seed=seed, noise_hu=noise)
 
 
@@ -182,12 +185,15 @@ def _state_digest(modules: dict[str, nn.Module]) -> str:
     return h.hexdigest()
 
 
-def conditioned_data(cfg, denoisers: list[Denoiser], patch: int, rank: int) -> tuple[PatchSampler, int]:
+def conditioned_data(
+    cfg, denoisers: list[Denoiser], patch: int, rank: int, noise_levels: bool = False
+) -> tuple[PatchSampler, int]:
     """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
     slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
     tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
     fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
-    return conditioned_sampler(slices["ld"], fx, patch, cfg.seed + 7919 * rank), len(slices["ld"])
+    sampler = conditioned_sampler(slices["ld"], fx, patch, cfg.seed + 7919 * rank, noise_levels)
+    return sampler, len(slices["ld"])
 
 
 class _Checkpointed:
@@ -639,11 +645,16 @@ class CINNTrainer(_Checkpointed):
             self.n_slices = 0
             return self.source
         patch = self.cfg.patch or self.cvae.patch  # a spatial engine trains on any crop size
-        sampler, self.n_slices = conditioned_data(self.cfg, [self.denoiser], patch, self.ctx.rank)
+        sampler, self.n_slices = conditioned_data(
+            self.cfg, [self.denoiser], patch, self.ctx.rank, self._uses_noise_level()
+        )
         return sampler
 
     def _stateful(self) -> dict:
         return {"model": self.model, "opt": self.opt}
+
+    def _uses_noise_level(self) -> bool:
+        return getattr(self.model.cfg, "noise_condition", False)
 
     # its own checkpoint and log, so a cINN can be trained in the cVAE's folder (where the sampler looks
     # for it) without resuming from the cVAE's checkpoint
@@ -668,7 +679,7 @@ class CINNTrainer(_Checkpointed):
         x, fx = sampler.batch(self.cfg.batch_size)
         x, fx = x.to(self.device), fx.to(self.device)
         noise = getattr(sampler, "last_noise_hu", None)
-        if noise is None and getattr(self.model.cfg, "noise_condition", False):
+        if noise is None and self._uses_noise_level():
             # a replacement data source without noise levels (tests): measure each patch
             from ..invariance.sampler import slice_noise_hu
             from ..normalization import normalized_to_hu
