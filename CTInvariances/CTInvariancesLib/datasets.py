@@ -139,3 +139,32 @@ def make_pairs(
     np.savez(tmp, **out)
     os.replace(tmp, path)
     return out
+
+
+def slice_realisations(
+    series: str, k: int, n: int, dose_fraction: float = 0.25, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """``n`` independent low-dose realisations [n, H, W] of full-dose slice ``k`` of a shared-data
+    series, the full-dose slice and the pixel spacing (row, col mm); cached on disk. Realisation r
+    uses seed ``slice_seed(seed + 1000 * r, k)``, as ``make_pairs`` does."""
+    src = next(s for s in SOURCES if Path(s.folder).name == series)
+    key = json.dumps([series, k, n, dose_fraction, seed, "v2-bowtie"])
+    path = cache_dir() / f"realisations-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    array, spacing = source_volume(src)
+    pixel_mm = (spacing[1], spacing[0])
+    if path.exists():
+        with np.load(path) as z:
+            return z["ld"], z["fd"], pixel_mm
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    full = array[k]
+    first = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction), device=device)
+    i0 = first.estimate_i0(full, pixel_mm)
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0), device=device)
+    ld = np.stack([sim.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))[0] for r in range(n)])
+    ld = ld.astype(np.float32)
+    tmp = path.with_suffix(f".{os.getpid()}.partial.npz")
+    np.savez_compressed(tmp, ld=ld, fd=full.astype(np.float32))
+    os.replace(tmp, path)
+    return ld, full.astype(np.float32), pixel_mm

@@ -1,0 +1,120 @@
+"""The noise reference of the analysis: how x~ - x varies when x~ differs from x by noise alone.
+
+The reference is built per slice from fresh noise realisations of x (the project's low-dose
+simulator at the noise level and with the photon statistics of x: the NoiseSampler's noise), so the
+local level (more noise behind bone, less at the edge) and the texture of CT noise are those of this
+slice. One calibration constant per filter scale, measured on simulated repeat scans
+(``scripts/calibrate_analysis.py``), relates that reference to the difference of two low-dose
+realisations (it absorbs the part of x's measured noise that two realisations share).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..lowdose import estimate_noise_hu, flat_soft_tissue_mask
+from ..metrics import body_mask
+
+CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "Resources" / "Analysis" / "calibration.json"
+DEFAULT_SCALES_MM = (1.0, 2.0, 4.0)
+# Smoothing of the per-pixel variance of the J reference fields: J = 8 fields give 8 degrees of
+# freedom per pixel; a 6 mm Gaussian pools a few hundred pixels while keeping the level local.
+LEVEL_SMOOTHING_MM = 6.0
+REFERENCE_REALISATIONS = 8
+
+
+@lru_cache(maxsize=1)
+def load_calibration(path: str | None = None) -> dict:
+    """The calibration constants (per scale in mm: the factor c_s), as written by the script."""
+    p = Path(path) if path else CALIBRATION_FILE
+    with open(p) as f:
+        return json.load(f)
+
+
+def calibration_factor(scale_mm: float, calibration: dict | None = None) -> float:
+    cal = calibration if calibration is not None else load_calibration()
+    table = cal["factor_by_scale_mm"]
+    key = min(table, key=lambda k: abs(float(k) - scale_mm))
+    if abs(float(key) - scale_mm) > 1e-6:
+        raise ValueError(
+            f"no calibration for the {scale_mm} mm scale (calibrated: {', '.join(sorted(table))} mm); "
+            "run scripts/calibrate_analysis.py with --scales"
+        )
+    return float(table[key])
+
+
+def _sigma_px(scale_mm: float, spacing_mm: tuple[float, float]) -> tuple[float, float]:
+    return (scale_mm / spacing_mm[0], scale_mm / spacing_mm[1])
+
+
+def smooth(image: np.ndarray, scale_mm: float, spacing_mm: tuple[float, float]) -> np.ndarray:
+    """G_s * image: the Gaussian low-pass of the test, sigma ``scale_mm`` in each direction."""
+    return ndimage.gaussian_filter(
+        np.asarray(image, np.float64), _sigma_px(scale_mm, spacing_mm), mode="nearest"
+    )
+
+
+@dataclass
+class NoiseReference:
+    """Per scale: the local std (HU) of G_s * (difference of two noise realisations of x) and the
+    roughness lambda (variance of the gradient of the unit-variance field, per pixel^2) that the
+    maximum statistic's null distribution needs."""
+
+    spacing_mm: tuple[float, float]
+    noise_std_hu: float
+    body: np.ndarray
+    scales_mm: tuple[float, ...]
+    level: dict[float, np.ndarray] = field(default_factory=dict)
+    roughness: dict[float, float] = field(default_factory=dict)
+
+
+def build_reference(
+    x_hu: np.ndarray,
+    spacing_mm: tuple[float, float],
+    scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM,
+    realisations: int = REFERENCE_REALISATIONS,
+    seed: int = 0,
+    device: str = "cpu",
+    calibration: dict | None = None,
+    body: np.ndarray | None = None,
+) -> NoiseReference:
+    """The noise reference of slice ``x_hu`` (HU, [H, W]) with pixel spacing (row, col) in mm."""
+    from dataclasses import replace
+
+    from ..invariance.sampler import NoiseSampler
+    from ..lowdose import LowDoseSettings, LowDoseSimulator
+
+    x = np.asarray(x_hu, np.float32)
+    mask = flat_soft_tissue_mask(x)
+    sigma = estimate_noise_hu(x, mask)
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
+    settings = LowDoseSettings()
+    settings = replace(settings, geometry=replace(settings.geometry, n_views=NoiseSampler.NOISE_VIEWS))
+    sim = LowDoseSimulator(settings, device=device)
+    seeds = [int(seed) * 7919 + 104729 + j for j in range(realisations)]
+    noise = sim.noise_like(x, spacing_mm, sigma, seeds, mask).astype(np.float64)
+    body = body_mask(x) if body is None else body
+    ref = NoiseReference(tuple(spacing_mm), float(sigma), body, tuple(scales_mm))
+    for s in scales_mm:
+        c = calibration_factor(s, calibration)
+        g = np.stack([smooth(n, s, spacing_mm) for n in noise])
+        var = ndimage.gaussian_filter(
+            np.mean(g**2, 0), _sigma_px(LEVEL_SMOOTHING_MM, spacing_mm), mode="nearest"
+        )
+        # difference of two realisations: twice the variance; c_s from the calibration
+        level = c * np.sqrt(2.0 * np.maximum(var, 1e-12))
+        ref.level[s] = level.astype(np.float32)
+        lam = []
+        for gj in g:
+            z = gj / np.sqrt(np.maximum(var, 1e-12))
+            gy, gx = np.gradient(z)
+            lam.append(0.5 * (np.mean(gy[body] ** 2) + np.mean(gx[body] ** 2)))
+        ref.roughness[s] = float(np.median(lam))
+    return ref
