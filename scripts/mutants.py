@@ -37,7 +37,31 @@ class Mutant:
     tests: tuple[str, ...]
 
 
+ANALYSIS = "Testing/test_analysis.py::"
+
 MUTANTS = (
+    Mutant(
+        "analysis-reference-one-realisation",
+        "method A compares x~ - x with one realisation's noise, not a difference's",
+        LIB + "analysis/reference.py",
+        "level = c * np.sqrt(2.0) * kappa * sd_n",
+        "level = c * kappa * sd_n",
+        (ANALYSIS + "test_method_a_null_and_power",),
+    ),
+    Mutant(
+        "analysis-probe-erasure-before-step", "method C measures the probe before the consistency step",
+        LIB + "analysis/probes.py",
+        "erasure[i] = float(((cons.samples[gi] - x)[w] * p[w]).sum()) / pp",
+        "erasure[i] = float(((inserted[gi] - x)[w] * p[w]).sum()) / pp",
+        (ANALYSIS + "test_probe_identity_erases_nothing",),
+    ),
+    Mutant(
+        "analysis-kinds-swapped", "method B calls a vanished structure appeared",
+        LIB + "analysis/structures.py",
+        'if contained(cls_s, b):\n        return "appeared"',
+        'if contained(cls_s, b):\n        return "disappeared"',
+        (ANALYSIS + "test_method_b_finds_a_planted_nodule",),
+    ),
     Mutant(
         "spatial-sampler-no-variation", "the spatial sampler decodes the same latent map for every sample",
         LIB + "invariance/sampler.py",

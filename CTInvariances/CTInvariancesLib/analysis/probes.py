@@ -82,10 +82,12 @@ def structure_probe(
     denoised_hu: np.ndarray | None = None,
     batch_size: int = 4,
     should_stop: Callable[[], bool] | None = None,
+    min_separation_mm: float = 40.0,
 ) -> ProbeResult:
     """Erasure and contrast transfer of probes at ``centres_mm`` ([P, 2], row/col mm), one probe per
     consistency problem; ``mask`` (bool [H, W]) replaces the disc with a user-given shape (its
-    centroid is then the only centre)."""
+    centroid is then the only centre). Probes at least ``min_separation_mm`` apart are inserted
+    into one input together (0: each on its own)."""
     x = np.asarray(x_hu, np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise ValueError("x must be one finite slice [H, W]")
@@ -106,8 +108,10 @@ def structure_probe(
         _check(x, spacing_mm, centres, diameter_mm, body)
         profiles = [disc_profile(x.shape, spacing_mm, c, diameter_mm) for c in centres]
     fx = denoiser.denoise_slices(x[None])[0] if denoised_hu is None else np.asarray(denoised_hu, np.float32)
-    probes = np.stack([contrast_hu * p for p in profiles]).astype(np.float32)
-    inserted = x[None] + probes
+    probes = [np.float32(contrast_hu) * p for p in profiles]
+    groups = group_probes(centres, min_separation_mm)
+    # probes far apart share one input: f is local, so each is measured on its own profile
+    inserted = np.stack([x + sum(probes[i] for i in g) for g in groups]).astype(np.float32)
     f_inserted = denoiser.denoise_slices(inserted, batch_size=batch_size)
     cons = consistency_project(
         denoiser,
@@ -120,16 +124,31 @@ def structure_probe(
         should_stop=should_stop,
     )
     f_cons = denoiser.denoise_slices(cons.samples, batch_size=batch_size)
-    pp = np.array([float((p.astype(np.float64) ** 2).sum()) for p in probes])
-    erasure = np.array([float(((c - x) * p).sum()) for c, p in zip(cons.samples, probes)]) / pp
-    transfer = np.array([float(((fi - fx) * p).sum()) for fi, p in zip(f_inserted, probes)]) / pp
-    ratio = np.array(
-        [
-            np.sqrt(np.mean((fc - fx) ** 2)) / max(np.sqrt(np.mean((c - x) ** 2)), 1e-9)
-            for fc, c in zip(f_cons, cons.samples)
-        ]
-    )
+    n = len(probes)
+    erasure, transfer, ratio = np.zeros(n), np.zeros(n), np.zeros(n)
+    for gi, g in enumerate(groups):
+        for i in g:
+            p = probes[i].astype(np.float64)
+            w = p > 1e-3 * abs(contrast_hu)
+            pp = float((p[w] ** 2).sum())
+            erasure[i] = float(((cons.samples[gi] - x)[w] * p[w]).sum()) / pp
+            transfer[i] = float(((f_inserted[gi] - fx)[w] * p[w]).sum()) / pp
+            moved = np.sqrt(np.mean((cons.samples[gi] - x)[w] ** 2))
+            ratio[i] = np.sqrt(np.mean((f_cons[gi] - fx)[w] ** 2)) / max(moved, 1e-9)
     return ProbeResult(centres, float(diameter_mm), float(contrast_hu), erasure, transfer, ratio)
+
+
+def group_probes(centres_mm: np.ndarray, min_separation_mm: float) -> list[list[int]]:
+    """Greedy groups of probe indices whose centres are at least ``min_separation_mm`` apart."""
+    groups: list[list[int]] = []
+    for i, c in enumerate(centres_mm):
+        for g in groups:
+            if all(np.hypot(*(c - centres_mm[j])) >= min_separation_mm for j in g):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def probe_grid(x_hu, spacing_mm, diameter_mm: float, spacing_factor: float = 3.0, min_step_mm: float = 15.0):

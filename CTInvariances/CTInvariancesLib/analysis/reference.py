@@ -72,6 +72,7 @@ class NoiseReference:
     scales_mm: tuple[float, ...]
     level: dict[float, np.ndarray] = field(default_factory=dict)
     roughness: dict[float, float] = field(default_factory=dict)
+    kappa: dict[float, float] = field(default_factory=dict)
 
 
 def build_reference(
@@ -102,18 +103,25 @@ def build_reference(
     noise = sim.noise_like(x, spacing_mm, sigma, seeds, mask).astype(np.float64)
     body = body_mask(x) if body is None else body
     ref = NoiseReference(tuple(spacing_mm), float(sigma), body, tuple(scales_mm))
+    # The local level comes from the unfiltered realisations (one number per pixel and realisation:
+    # a well-estimated map), the scale's noise reduction kappa_s from the filtered ones over the
+    # whole body (a low-pass field has few independent values locally, so its local variance over
+    # 8 realisations would be a noisy estimate, and a noisy reference makes false alarms).
+    var_n = ndimage.gaussian_filter(
+        np.mean(noise**2, 0), _sigma_px(LEVEL_SMOOTHING_MM, spacing_mm), mode="nearest"
+    )
+    sd_n = np.sqrt(np.maximum(var_n, 1e-12))
     for s in scales_mm:
         c = calibration_factor(s, calibration)
         g = np.stack([smooth(n, s, spacing_mm) for n in noise])
-        var = ndimage.gaussian_filter(
-            np.mean(g**2, 0), _sigma_px(LEVEL_SMOOTHING_MM, spacing_mm), mode="nearest"
-        )
+        kappa = float(np.sqrt(np.mean((g / sd_n) ** 2, 0)[body].mean()))
         # difference of two realisations: twice the variance; c_s from the calibration
-        level = c * np.sqrt(2.0 * np.maximum(var, 1e-12))
+        level = c * np.sqrt(2.0) * kappa * sd_n
         ref.level[s] = level.astype(np.float32)
+        ref.kappa[s] = kappa
         lam = []
         for gj in g:
-            z = gj / np.sqrt(np.maximum(var, 1e-12))
+            z = gj / (kappa * sd_n)
             gy, gx = np.gradient(z)
             lam.append(0.5 * (np.mean(gy[body] ** 2) + np.mean(gx[body] ** 2)))
         ref.roughness[s] = float(np.median(lam))

@@ -4,7 +4,8 @@ x and every sample are smoothed with one fixed Gaussian (independent of the anal
 labelled with HU tissue classes. A pixel is altered in sample k when its class differs from x's
 *and* the smoothed difference exceeds ``margin`` times the local noise of a smoothed difference
 (the method-A reference at the smoothing scale): a class flip at a boundary that noise explains is
-not a finding. Connected altered regions of at least ``min_area_mm2`` are the sample's alterations;
+not a finding. Connected altered regions of at least ``min_area_mm2`` are the sample's alterations
+(their area: the half-maximum contour of the difference);
 overlapping alterations of the same kind are merged across samples into findings.
 """
 
@@ -122,17 +123,28 @@ def structure_alterations(
         diff = ss - sx
         altered = body & (cls_s != cls_x) & (np.abs(diff) > margin * level)
         mine = []
-        pairs = np.stack([cls_x, cls_s])
-        for a, b in {tuple(v) for v in pairs[:, altered].T.tolist()}:
-            lab, n = ndimage.label(altered & (cls_x == a) & (cls_s == b), structure=np.ones((3, 3)))
-            for i in range(1, n + 1):
-                region = lab == i
-                area = float(region.sum()) * px_area
-                if area < min_area_mm2:
-                    continue
-                kind = _kind(region, cls_x, cls_s, a, b)
-                occurrences.append((k, kind, a, b, region, area, float(diff[region].mean())))
-                mine.append((kind, area))
+        lab, n = ndimage.label(altered, structure=np.ones((3, 3)))
+        for i in range(1, n + 1):
+            region = lab == i
+            area = float(region.sum()) * px_area
+            if area < min_area_mm2:
+                continue
+            # the region's classes: its most common (class in x, class in the sample) pair; a
+            # nodule's soft edge passes through fat's HU range but is one alteration
+            codes = cls_x[region].astype(np.int32) * 8 + cls_s[region]
+            code = int(np.bincount(codes).argmax())
+            a, b = code // 8, code % 8
+            kind = _kind(region, cls_x, cls_s, a, b)
+            # size: the half-maximum contour of the difference (as a structure's FWHM), which does
+            # not depend on where a class edge happens to cut the structure's soft edge
+            near = ndimage.binary_dilation(region, iterations=3) & body
+            peak = diff[region][np.argmax(np.abs(diff[region]))]
+            half = near & (np.sign(diff) == np.sign(peak)) & (np.abs(diff) >= 0.5 * abs(peak))
+            lab_h, _ = ndimage.label(half)
+            core = np.isin(lab_h, np.unique(lab_h[region & half]))
+            area = float(core.sum()) * px_area if core.any() else area
+            occurrences.append((k, kind, a, b, region, area, float(diff[region].mean())))
+            mine.append((kind, area))
         per_sample.append(mine)
     # merge overlapping occurrences of the same kind and classes across samples
     findings, labels = [], np.zeros(x.shape, np.int32)

@@ -129,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_denoiser_args(p)
     _add_volume_args(p)
 
+    p = sub.add_parser("run", help="the main job: sample, analyse (methods A, B, C) and report, per denoiser")
+    p.add_argument("input")
+    p.add_argument("--denoiser", required=True, metavar="NAME[,NAME...]",
+                   help="bundled names (cnn10,redcnn,wganvgg,dugan), weight files or module:callable, "
+                   "comma-separated")
+    p.add_argument("--samples", type=opt.int_in(2, 1024), default=16, help="samples per slice (default 16)")
+    p.add_argument("--out", required=True, help="run folder (created; written at the end)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder (when this run succeeds)")
+    p.add_argument("--probe", action="append", metavar="D_MM,C_HU",
+                   help="method C: erasure map of probes of this diameter and contrast (repeatable)")
+    p.add_argument("--alpha", type=opt.float_in(0.0, 1.0, lo_open=True, hi_open=True), default=0.05,
+                   help="family-wise error rate of method A (default 0.05)")
+    p.add_argument("--seed", type=opt.seed, default=0)
+    p.add_argument("--temperature", type=opt.positive_float, default=1.0)
+    p.add_argument("--consistency", type=opt.int_in(0, 10000), default=CONSISTENCY_STEPS, metavar="STEPS")
+    p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
+                   help="default: cinn where a cINN exists for the denoiser, else noise")
+    p.add_argument("--cvae", help="cVAE (default: the bundled tiled engine; 'spatial': the spatial one)")
+    p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64)
+    _add_denoiser_args(p)
+    _add_volume_args(p)
+
     p = sub.add_parser("models", help="manage model files")
     msub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     m = msub.add_parser("import-published",
@@ -480,7 +503,6 @@ def _minutes(value: float | None) -> float | None:
 
 def cmd_sample(args) -> int:
     from ..invariance.pipeline import sample_volume
-    from ..invariance.sampler import InvarianceSampler, NoiseSampler
 
     if args.consistency < 0:
         raise CTInvariancesError(f"--consistency {args.consistency}: must be 0 or more")
@@ -492,17 +514,8 @@ def cmd_sample(args) -> int:
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
-    kw = {"skip_air": not args.no_skip_air, "tile_latents": args.tile_latents}
-    if args.overlap is not None:
-        kw["overlap"] = args.overlap
-    kind = "prior" if args.prior else args.sampler
-    if kind is None:
-        kind = "cinn" if _has_cinn(den, args) else "noise"
-    if kind == "noise":
-        sampler = NoiseSampler(den, device=device)
-    else:
-        sampler = InvarianceSampler.load(den, cvae=args.cvae, cinn=args.cinn, device=device,
-                                         use_cinn=kind == "cinn", **kw)
+    sampler = _make_sampler(args, den, device)
+    kind = sampler.kind
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
     with _progress(vol.shape[0], f"sample {den.name} ({kind})") as bar:
         metrics = sample_volume(vol, sampler, out, n_samples=args.samples, seed=args.seed,
@@ -527,11 +540,62 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _make_sampler(args, den, device):
+    """The sampler the options ask for; by default the learned engine when a cINN exists for this
+    denoiser, else the training-free noise sampler."""
+    from ..invariance.sampler import InvarianceSampler, NoiseSampler
+
+    kw = {}
+    if hasattr(args, "no_skip_air"):
+        kw = {"skip_air": not args.no_skip_air, "tile_latents": args.tile_latents}
+        if args.overlap is not None:
+            kw["overlap"] = args.overlap
+    kind = "prior" if getattr(args, "prior", False) else args.sampler
+    if kind is None:
+        kind = "cinn" if _has_cinn(den, args) else "noise"
+    if kind == "noise":
+        return NoiseSampler(den, device=device)
+    return InvarianceSampler.load(den, cvae=args.cvae, cinn=getattr(args, "cinn", None), device=device,
+                                  use_cinn=kind == "cinn", **kw)
+
+
+def cmd_run(args) -> int:
+    from ..job import JobSettings, comparison_table, run_job
+
+    if args.alpha <= 0 or args.alpha >= 1:
+        raise CTInvariancesError(f"--alpha {args.alpha}: must be within (0, 1)")
+    probes = [opt.probe(p) for p in args.probe or []]
+    names = [n.strip() for n in args.denoiser.split(",") if n.strip()]
+    if not names:
+        raise CTInvariancesError("--denoiser: give at least one name (e.g. cnn10,redcnn)")
+    out = Path(args.out)
+    if out.resolve() == Path(args.input).resolve() or Path(args.input).resolve() in out.resolve().parents:
+        raise CTInvariancesError("refusing to write onto or inside the input", args.out)
+    from ..job import check_job_folder
+
+    check_job_folder(out, args.overwrite)
+    vol = _read(args)
+    device = resolve_device(args.device)
+    dens = [_load_denoiser(argparse.Namespace(**{**vars(args), "denoiser": n}), device) for n in names]
+    settings = JobSettings(n_samples=args.samples, seed=args.seed, temperature=args.temperature,
+                           batch_size=args.batch_size, consistency_steps=args.consistency, alpha=args.alpha,
+                           probes=probes, device=device)
+    params = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    with _progress(vol.shape[0] * len(dens), "run") as bar:
+        summary = run_job(vol, dens, out, lambda d: _make_sampler(args, d, device), settings,
+                          progress=bar.update, overwrite=args.overwrite, parameters=params,
+                          log=lambda m: bar.write(m) if not bar.disable else print(m))
+    print(f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {len(dens)} denoiser(s), "
+          f"{summary['seconds']:.0f} s on {device})")
+    print(comparison_table(summary))
+    return 0
+
+
 def _has_cinn(den, args) -> bool:
     """Whether a cINN for this denoiser is at hand (given, or beside the cVAE)."""
     from ..invariance.models import resolve_cinn_path, resolve_cvae_path
 
-    if args.cinn or args.cvae:  # the user asked for the learned engine: a missing cINN is an error
+    if getattr(args, "cinn", None) or args.cvae:  # the user asked for the learned engine: a missing cINN is an error
         return True
     try:
         return Path(resolve_cinn_path(None, den.name, resolve_cvae_path(args.cvae))).exists()
@@ -558,6 +622,7 @@ def cmd_models(args) -> int:
 COMMANDS = {
     "inspect": cmd_inspect,
     "sample": cmd_sample,
+    "run": cmd_run,
     "models": cmd_models,
     "simulate-low-dose": cmd_simulate,
     "denoise": cmd_denoise,

@@ -61,3 +61,17 @@ non_negative_int = int_in(0)
 positive_float = float_in(0.0, lo_open=True)
 non_negative_float = float_in(0.0)
 dose_fraction = float_in(0.0, 1.0, lo_open=True, hi_open=True)
+
+
+def probe(text: str) -> tuple[float, float]:
+    """``D_MM,C_HU``: a probe's diameter (mm, > 0) and contrast (HU, non-zero), both finite."""
+    from ..errors import CTInvariancesError
+
+    parts = text.split(",")
+    try:
+        d, c = (float(v) for v in parts)
+    except ValueError:
+        raise CTInvariancesError(f"--probe {text!r}: give D_MM,C_HU, e.g. 5,20") from None
+    if not (math.isfinite(d) and math.isfinite(c)) or d <= 0 or c == 0:
+        raise CTInvariancesError(f"--probe {text}: the diameter must be > 0 mm and the contrast non-zero")
+    return (d, c)

@@ -97,8 +97,12 @@ def sample_volume(
     should_stop: Callable[[], bool] | None = None,
     parameters: dict | None = None,
     overwrite: bool = False,
+    slice_hook: Callable[[int, np.ndarray, np.ndarray, np.ndarray, dict], None] | None = None,
 ) -> dict:
     """Sample every slice of ``volume``; returns the metrics dict (also written to metrics.json).
+
+    ``slice_hook(k, x, samples, f(x), entry)`` is called per slice while its samples are in memory
+    (the main job's analysis); it may add keys to the slice's metrics ``entry``.
 
     ``sampler``: an :class:`InvarianceSampler` (cINN or prior) or a :class:`NoiseSampler`.
     A folder holding earlier results is refused unless ``overwrite``; then they are replaced when
@@ -178,6 +182,8 @@ def sample_volume(
                     entry["raw"] = raw_chk
                 if getattr(sampler, "kind", "") == "noise":
                     entry["fresh_noise_ratio"] = fresh_noise_ratio(raw, f_samples, body)
+            if slice_hook is not None:
+                slice_hook(k, x, samples, res.denoised, entry)
             per_slice.append(entry)
             if progress:
                 progress(1)
