@@ -1,0 +1,147 @@
+"""The run-folder -> MRML adapter against the real MRML layer (slicer-core, no Qt): a real DICOM
+series read through slicer-core's reader, the main job run on it by the CLI (as the module's logic
+does), results turned into volume, sequence, segmentation and table nodes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install slicer-core)")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+import vtk  # noqa: E402
+from CTInvariancesSlicer import RUN_ATTRIBUTE, load_results, volume_to_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+K = 3
+FIRST = 8  # the run covers slices 8 and 9 of the series
+
+
+def _matrix(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+@pytest.fixture(scope="module")
+def scene_and_input(abdomen_dir):
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    files = sorted(p for p in abdomen_dir.iterdir() if p.name.startswith("CT"))
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "abdomen")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(files[0]))
+    for f in files:
+        storage.AddFileName(str(f))
+    assert storage.ReadData(node), "slicer-core could not read the DICOM series"
+    return slicer.mrmlScene, node
+
+
+@pytest.fixture(scope="module")
+def run_dir(scene_and_input, tmp_path_factory):
+    scene, node = scene_and_input
+    tmp = tmp_path_factory.mktemp("slicer")
+    volume = volume_to_file(node, tmp / "input.nrrd")
+    out = tmp / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "CTInvariancesLib.cli.main",
+            "run",
+            str(volume),
+            "--denoiser",
+            "cnn10",
+            "--samples",
+            str(K),
+            "--slices",
+            f"{FIRST}:{FIRST + 2}",
+            "--sampler",
+            "noise",
+            "--consistency",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "CTInvariances")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_dicom_read_through_slicer_core_is_hu(scene_and_input):
+    _, node = scene_and_input
+    a = slicer.util.arrayFromVolume(node)
+    assert a.shape == (20, 512, 512) and a.min() <= -1000 and 500 < a.max() < 3000
+
+
+def test_results_become_nodes_on_the_input_geometry(scene_and_input, run_dir):
+    scene, node = scene_and_input
+    before = slicer.util.arrayFromVolume(node).copy()
+    nodes = load_results(run_dir, node)["cnn10"]
+    assert {
+        "denoised",
+        "samples",
+        "browser",
+        "std_map",
+        "alteration_map",
+        "segmentation",
+        "findings",
+        "per_sample",
+    } <= set(nodes)
+    # the same grid: voxel (i, j, 0) of an output is voxel (i, j, FIRST) of the input
+    shift = np.eye(4)
+    shift[2, 3] = FIRST
+    for key in ("denoised", "std_map", "alteration_map"):
+        np.testing.assert_allclose(_matrix(nodes[key]), _matrix(node) @ shift, atol=1e-6)
+        assert slicer.util.arrayFromVolume(nodes[key]).shape == (2, 512, 512)
+    seq = nodes["samples"]
+    assert seq.GetNumberOfDataNodes() == K
+    np.testing.assert_allclose(_matrix(seq.GetNthDataNode(0)), _matrix(node) @ shift, atol=1e-6)
+    assert nodes["browser"].GetMasterSequenceNode() is seq
+    sample0 = slicer.util.arrayFromVolume(seq.GetNthDataNode(0))
+    assert np.abs(sample0 - before[FIRST : FIRST + 2]).mean() > 0.1  # a sample, not the input
+    seg = nodes["segmentation"]
+    names = [
+        seg.GetSegmentation().GetNthSegment(i).GetName()
+        for i in range(seg.GetSegmentation().GetNumberOfSegments())
+    ]
+    assert names == ["alteration: appeared", "alteration: disappeared", "alteration: changed class"]
+    geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
+    values = [float(v) for v in geometry.strip(";").split(";")]
+    np.testing.assert_allclose(np.reshape(values[:16], (4, 4)), _matrix(node), atol=1e-4)
+    assert values[16:] == [0, 511, 0, 511, 0, 19]  # the whole input grid
+    assert nodes["per_sample"].GetNumberOfRows() == 2 * K
+    assert nodes["per_sample"].GetTable().GetColumnByName("p_value") is not None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)  # input untouched
+
+
+def test_rerun_replaces_its_own_nodes_only(scene_and_input, run_dir):
+    scene, node = scene_and_input
+    user = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "abdomen cnn10 denoised")  # the user's
+    load_results(run_dir, node)
+    count = sum(1 for n in scene.GetNodes() if n.GetAttribute(RUN_ATTRIBUTE))
+    again = load_results(run_dir, node)["cnn10"]
+    assert sum(1 for n in scene.GetNodes() if n.GetAttribute(RUN_ATTRIBUTE)) == count
+    assert scene.GetNodeByID(user.GetID()) is user
+    sh = scene.GetSubjectHierarchyNode()
+    assert sh.GetItemParent(again["folder"]) == (
+        sh.GetItemParent(sh.GetItemByDataNode(node)) or sh.GetSceneItemID()
+    )
+    assert sh.GetItemParent(sh.GetItemByDataNode(again["denoised"])) == again["folder"]
+
+
+def test_unfinished_run_folder_is_refused(scene_and_input, tmp_path):
+    _, node = scene_and_input
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        load_results(tmp_path, node)
