@@ -145,3 +145,55 @@ def test_unfinished_run_folder_is_refused(scene_and_input, tmp_path):
     _, node = scene_and_input
     with pytest.raises(FileNotFoundError, match="not a finished run"):
         load_results(tmp_path, node)
+
+
+def _synthetic_node(scene):
+    yy, xx = np.mgrid[:192, :192]
+    body = (yy - 96) ** 2 + (xx - 96) ** 2 < 80**2
+    ct = np.where(body, 40.0, -1000.0).astype(np.float32)[None]
+    ct += np.random.default_rng(0).normal(0, 15, ct.shape).astype(np.float32) * body
+    node = slicer.util.addVolumeFromArray(ct, name="synthetic")
+    node.SetSpacing(1.0, 1.0, 2.0)
+    return node, ct
+
+
+def test_logic_runs_the_job_in_a_child_process_and_loads_nodes(scene_and_input):
+    """What the module's self-test does, and the Python-console path of the README."""
+    from CTInvariancesSlicer.logic import CTInvariancesLogic, RunParameters
+
+    node, ct = _synthetic_node(scene_and_input[0])
+    logic = CTInvariancesLogic()
+    params = RunParameters(denoisers=["cnn10"], samples=2, consistency=1, sampler="noise", device="cpu")
+    job = logic.start(node, params)
+    assert logic.poll(job, wait=True) and job.error is None, job.log
+    assert job.total == 1 and job.done == 1  # progress lines were parsed
+    nodes = logic.finish(job)["cnn10"]
+    assert nodes["samples"].GetNumberOfDataNodes() == 2
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), ct)
+
+
+def test_logic_cancel_ends_the_child_and_leaves_nothing(scene_and_input):
+    import time
+
+    from CTInvariancesSlicer.logic import CTInvariancesLogic, RunParameters
+
+    node, _ = _synthetic_node(scene_and_input[0])
+    logic = CTInvariancesLogic()
+    job = logic.start(node, RunParameters(denoisers=["cnn10"], samples=64, sampler="noise", device="cpu"))
+    time.sleep(3)
+    logic.cancel(job)
+    assert job.process.poll() is not None and job.error == "cancelled"
+    assert not job.work_dir.exists()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        logic.finish(job)
+
+
+def test_logic_failure_gives_the_cli_one_line_error(scene_and_input):
+    from CTInvariancesSlicer.logic import CTInvariancesLogic, RunParameters
+
+    node, _ = _synthetic_node(scene_and_input[0])
+    logic = CTInvariancesLogic()
+    job = logic.start(node, RunParameters(denoisers=["no-such-denoiser"], samples=2, device="cpu"))
+    logic.poll(job, wait=True)
+    assert job.error and job.error.startswith("error:") and "\n" not in job.error
+    assert "Traceback" not in "\n".join(job.log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,23 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate-low-dose", help="simulate a reduced-dose scan of a full-dose input")
     p.add_argument("input")
-    p.add_argument("--dose", type=opt.dose_fraction, default=0.25,
-                   help="dose fraction a in (0, 1) (default 0.25)")
+    p.add_argument(
+        "--dose", type=opt.dose_fraction, default=0.25, help="dose fraction a in (0, 1) (default 0.25)"
+    )
     p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--i0", type=opt.positive_float,
-                   help="full-dose photons per ray (default: estimated from the image noise)")
-    p.add_argument("--electronic-noise", type=opt.non_negative_float, default=10**0.5,
-                   help="electronic noise std (quanta)")
+    p.add_argument(
+        "--i0",
+        type=opt.positive_float,
+        help="full-dose photons per ray (default: estimated from the image noise)",
+    )
+    p.add_argument(
+        "--electronic-noise",
+        type=opt.non_negative_float,
+        default=10**0.5,
+        help="electronic noise std (quanta)",
+    )
     p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
     p.add_argument("--views", type=opt.int_in(16, 20000), default=576, help="projection views per rotation")
     _add_volume_args(p)
 
     p = sub.add_parser("denoise", help="denoise a CT input slice by slice")
     p.add_argument("input")
-    p.add_argument("--denoiser", required=True,
-                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    p.add_argument(
+        "--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable"
+    )
     p.add_argument("--out", required=True, help="output image (.nrrd, .nii.gz, .mha)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=4)
@@ -91,72 +101,143 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw invariance samples: inputs the denoiser maps to the same output")
     p.add_argument("input")
-    p.add_argument("--denoiser", required=True,
-                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
-    p.add_argument("--samples", type=opt.int_in(1, 4096), default=16,
-                   help="samples per slice K (default 16, at most 4096)")
+    p.add_argument(
+        "--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable"
+    )
+    p.add_argument(
+        "--samples",
+        type=opt.int_in(1, 4096),
+        default=16,
+        help="samples per slice K (default 16, at most 4096)",
+    )
     p.add_argument("--seed", type=opt.seed, default=0)
-    p.add_argument("--temperature", type=opt.float_in(0.0, 10.0, lo_open=True), default=1.0,
-                   help="scale of v ~ N(0, T^2 I) (default 1)")
+    p.add_argument(
+        "--temperature",
+        type=opt.float_in(0.0, 10.0, lo_open=True),
+        default=1.0,
+        help="scale of v ~ N(0, T^2 I) (default 1)",
+    )
     p.add_argument("--out", required=True, help="output folder (created; must not hold earlier results)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace earlier results in --out (kept if this run fails)")
-    p.add_argument("--cvae", help="cVAE run folder or .safetensors, or 'spatial' for the bundled "
-                   "spatial-latent "
-                   "engine (default: the bundled tiled engine)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace earlier results in --out (kept if this run fails)"
+    )
+    p.add_argument(
+        "--cvae",
+        help="cVAE run folder or .safetensors, or 'spatial' for the bundled "
+        "spatial-latent "
+        "engine (default: the bundled tiled engine)",
+    )
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
-    p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
-                   help="cinn: the learned engine (default when a cINN exists for the denoiser); prior: z "
-                   "from the cVAE prior (what the decoder alone varies); noise: f(x) + fresh noise at x's "
-                   "level, no trained model needed (default otherwise)")
+    p.add_argument(
+        "--sampler",
+        choices=("cinn", "prior", "noise"),
+        help="cinn: the learned engine (default when a cINN exists for the denoiser); prior: z "
+        "from the cVAE prior (what the decoder alone varies); noise: f(x) + fresh noise at x's "
+        "level, no trained model needed (default otherwise)",
+    )
     p.add_argument("--prior", action="store_true", help="same as --sampler prior")
-    p.add_argument("--consistency", type=opt.int_in(0, 10000), default=CONSISTENCY_STEPS, metavar="STEPS",
-                   help="consistency steps that make f(x~) = f(x) (default %(default)s; 0: the raw samples, "
-                   "as in the paper)")
-    p.add_argument("--consistency-method", choices=("gd", "cg"), default=CONSISTENCY_METHOD,
-                   help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate "
-                   "gradients")
-    p.add_argument("--keep-raw", action="store_true",
-                   help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones")
-    p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64,
-                   help="tiles (tiled engine) or samples (spatial engine) per batch (halved on "
-                   "out-of-memory)")
+    p.add_argument(
+        "--consistency",
+        type=opt.int_in(0, 10000),
+        default=CONSISTENCY_STEPS,
+        metavar="STEPS",
+        help="consistency steps that make f(x~) = f(x) (default %(default)s; 0: the raw samples, "
+        "as in the paper)",
+    )
+    p.add_argument(
+        "--consistency-method",
+        choices=("gd", "cg"),
+        default=CONSISTENCY_METHOD,
+        help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate gradients",
+    )
+    p.add_argument(
+        "--keep-raw",
+        action="store_true",
+        help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=opt.int_in(1, 4096),
+        default=64,
+        help="tiles (tiled engine) or samples (spatial engine) per batch (halved on out-of-memory)",
+    )
     p.add_argument("--overlap", type=opt.non_negative_int, help="tile overlap in pixels (default: patch / 8)")
     p.add_argument("--no-skip-air", action="store_true", help="also sample tiles that hold only air")
-    p.add_argument("--tile-latents", choices=("shared", "independent"), default="shared",
-                   help="shared: sample k uses one v in every tile (default); independent: a v per tile")
+    p.add_argument(
+        "--tile-latents",
+        choices=("shared", "independent"),
+        default="shared",
+        help="shared: sample k uses one v in every tile (default); independent: a v per tile",
+    )
     p.add_argument("--no-check", action="store_true", help="skip denoising the samples (fidelity check)")
     _add_denoiser_args(p)
     _add_volume_args(p)
 
     p = sub.add_parser("run", help="the main job: sample, analyse (methods A, B, C) and report, per denoiser")
     p.add_argument("input")
-    p.add_argument("--denoiser", required=True, metavar="NAME[,NAME...]",
-                   help="bundled names (cnn10,redcnn,wganvgg,dugan), weight files or module:callable, "
-                   "comma-separated")
+    p.add_argument(
+        "--denoiser",
+        required=True,
+        metavar="NAME[,NAME...]",
+        help="bundled names (cnn10,redcnn,wganvgg,dugan), weight files or module:callable, comma-separated",
+    )
     p.add_argument("--samples", type=opt.int_in(2, 1024), default=16, help="samples per slice (default 16)")
     p.add_argument("--out", required=True, help="run folder (created; written at the end)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run folder (when this run succeeds)")
-    p.add_argument("--probe", action="append", metavar="D_MM,C_HU",
-                   help="method C: erasure map of probes of this diameter and contrast (repeatable)")
-    p.add_argument("--alpha", type=opt.float_in(0.0, 1.0, lo_open=True, hi_open=True), default=0.05,
-                   help="family-wise error rate of method A (default 0.05)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run folder (when this run succeeds)"
+    )
+    p.add_argument(
+        "--probe",
+        action="append",
+        metavar="D_MM,C_HU",
+        help="method C: erasure map of probes of this diameter and contrast (repeatable)",
+    )
+    p.add_argument(
+        "--simulate-dose",
+        type=opt.dose_fraction,
+        metavar="FRACTION",
+        help="the input is full dose: simulate this dose fraction first (e.g. 0.25)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=opt.float_in(0.0, 1.0, lo_open=True, hi_open=True),
+        default=0.05,
+        help="family-wise error rate of method A (default 0.05)",
+    )
     p.add_argument("--seed", type=opt.seed, default=0)
     p.add_argument("--temperature", type=opt.positive_float, default=1.0)
     p.add_argument("--consistency", type=opt.int_in(0, 10000), default=CONSISTENCY_STEPS, metavar="STEPS")
-    p.add_argument("--sampler", choices=("cinn", "prior", "noise"),
-                   help="default: cinn where a cINN exists for the denoiser, else noise")
+    p.add_argument(
+        "--sampler",
+        choices=("cinn", "prior", "noise"),
+        help="default: cinn where a cINN exists for the denoiser, else noise",
+    )
     p.add_argument("--cvae", help="cVAE (default: the bundled tiled engine; 'spatial': the spatial one)")
     p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64)
     _add_denoiser_args(p)
     _add_volume_args(p)
 
+    p = sub.add_parser(
+        "probe",
+        help="method C at one point: would a structure of this size and contrast survive the denoiser?",
+    )
+    p.add_argument("input")
+    p.add_argument("--denoiser", required=True)
+    p.add_argument("--at", required=True, metavar="X,Y,Z", help="point in patient coordinates (LPS, mm)")
+    p.add_argument("--diameter", type=opt.positive_float, default=5.0, help="mm (default 5)")
+    p.add_argument("--contrast", type=opt.float_in(-3000.0, 3000.0), default=20.0, help="HU (default 20)")
+    p.add_argument("--consistency", type=opt.int_in(1, 10000), default=CONSISTENCY_STEPS, metavar="STEPS")
+    p.add_argument("--json", action="store_true")
+    _add_denoiser_args(p)
+    _add_volume_args(p)
+
     p = sub.add_parser("models", help="manage model files")
     msub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    m = msub.add_parser("import-published",
-                        help="convert the published ldct-invariances <name>-vae.pt / <name>-cinn.pt "
-                        "(hash-checked) to safetensors")
+    m = msub.add_parser(
+        "import-published",
+        help="convert the published ldct-invariances <name>-vae.pt / <name>-cinn.pt "
+        "(hash-checked) to safetensors",
+    )
     m.add_argument("--dir", required=True, help="folder holding the downloaded .pt files")
     m.add_argument("--out", help="destination (default: <models>/published/<name>/)")
     m = msub.add_parser("list", help="list the bundled and imported models with their hashes")
@@ -175,55 +256,95 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=3, help="noise realisations per slice")
     t.add_argument("--seed", type=opt.seed, default=0)
     t.add_argument("--adv-weight", type=opt.non_negative_float, default=1e-3)
-    t.add_argument("--relative-from", type=opt.float_in(0.0, 1.0), default=0.6,
-                   help="fraction of the steps after which the pixel loss is the noise-normalised MSE")
-    t.add_argument("--init", metavar="WEIGHTS",
-                   help="fine-tune: start from these weights (.safetensors with card, or a published .pt)")
+    t.add_argument(
+        "--relative-from",
+        type=opt.float_in(0.0, 1.0),
+        default=0.6,
+        help="fraction of the steps after which the pixel loss is the noise-normalised MSE",
+    )
+    t.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="fine-tune: start from these weights (.safetensors with card, or a published .pt)",
+    )
     t.add_argument("--device", default="auto")
 
     t = tsub.add_parser("cvae", help="train the conditional VAE (also under torchrun for several processes)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, cvae.safetensors)")
-    t.add_argument("--data", nargs="*", default=[], metavar="CT",
-                   help="full-dose CT inputs to simulate low dose from (default: the shared data's "
-                   "training slices)")
-    t.add_argument("--denoiser", action="append", metavar="NAME|FILE",
-                   help="condition on this denoiser's output; repeat for several (default: the four bundled)")
-    t.add_argument("--size", choices=("spatial", "compact", "paper"), default="spatial",
-                   help="spatial: latent map, whole slices (default); compact / paper: tiled, global latent")
+    t.add_argument(
+        "--data",
+        nargs="*",
+        default=[],
+        metavar="CT",
+        help="full-dose CT inputs to simulate low dose from (default: the shared data's training slices)",
+    )
+    t.add_argument(
+        "--denoiser",
+        action="append",
+        metavar="NAME|FILE",
+        help="condition on this denoiser's output; repeat for several (default: the four bundled)",
+    )
+    t.add_argument(
+        "--size",
+        choices=("spatial", "compact", "paper"),
+        default="spatial",
+        help="spatial: latent map, whole slices (default); compact / paper: tiled, global latent",
+    )
     t.add_argument("--steps", type=opt.positive_int, default=6000)
-    t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
-                   help="train for at most this long: the step count is scaled down to fit")
+    t.add_argument(
+        "--time-limit",
+        type=opt.positive_float,
+        metavar="MINUTES",
+        help="train for at most this long: the step count is scaled down to fit",
+    )
     t.add_argument("--batch-size", type=opt.positive_int, help="per process (default: the size's recipe, 16)")
-    t.add_argument("--lr", type=opt.positive_float,
-                   help="default: the size's recipe (spatial 4e-4, else 1e-4)")
-    t.add_argument("--adv-weight", type=opt.non_negative_float,
-                   help="default: the size's recipe (spatial 0, else 1)")
-    t.add_argument("--adv-start", type=opt.non_negative_int, default=500,
-                   help="steps before the adversarial term starts")
-    t.add_argument("--l1-weight", type=opt.positive_float, default=0.0011852,
-                   help="weight of the summed L1 (paper)")
-    t.add_argument("--kl-weight", type=opt.non_negative_float,
-                   help="weight of the summed KL (paper and tiled sizes: 0.57504; spatial: 1e-5)")
+    t.add_argument(
+        "--lr", type=opt.positive_float, help="default: the size's recipe (spatial 4e-4, else 1e-4)"
+    )
+    t.add_argument(
+        "--adv-weight", type=opt.non_negative_float, help="default: the size's recipe (spatial 0, else 1)"
+    )
+    t.add_argument(
+        "--adv-start", type=opt.non_negative_int, default=500, help="steps before the adversarial term starts"
+    )
+    t.add_argument(
+        "--l1-weight", type=opt.positive_float, default=0.0011852, help="weight of the summed L1 (paper)"
+    )
+    t.add_argument(
+        "--kl-weight",
+        type=opt.non_negative_float,
+        help="weight of the summed KL (paper and tiled sizes: 0.57504; spatial: 1e-5)",
+    )
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
     t.add_argument("--seed", type=opt.seed, default=0)
     t.add_argument("--checkpoint-every", type=opt.positive_int, default=200)
-    t.add_argument("--stop-at", type=opt.positive_int, metavar="STEP",
-                   help="stop after this step with a checkpoint (a later run with other settings continues)")
+    t.add_argument(
+        "--stop-at",
+        type=opt.positive_int,
+        metavar="STEP",
+        help="stop after this step with a checkpoint (a later run with other settings continues)",
+    )
     t.add_argument("--device", default="auto")
 
     t = tsub.add_parser("cinn", help="train a cINN for one denoiser on a trained cVAE (torchrun works too)")
-    t.add_argument("--denoiser", required=True,
-                   help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable")
+    t.add_argument(
+        "--denoiser", required=True, help="cnn10|redcnn|wganvgg|dugan, a weight file, or module:callable"
+    )
     t.add_argument("--cvae", required=True, help="cVAE run folder or .safetensors file")
     t.add_argument("--out", required=True)
     t.add_argument("--data", nargs="*", default=[], metavar="CT")
     t.add_argument("--steps", type=opt.positive_int, default=4000)
-    t.add_argument("--time-limit", type=opt.positive_float, metavar="MINUTES",
-                   help="train for at most this long: the step count is scaled down to fit")
+    t.add_argument(
+        "--time-limit",
+        type=opt.positive_float,
+        metavar="MINUTES",
+        help="train for at most this long: the step count is scaled down to fit",
+    )
     t.add_argument("--batch-size", type=opt.positive_int, default=64, help="per process")
-    t.add_argument("--patch", type=opt.int_in(16, 1024),
-                   help="crop size (spatial engines; default: the cVAE's)")
+    t.add_argument(
+        "--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)"
+    )
     t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
@@ -238,8 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture of a .pt file whose name does not say it")
-    p.add_argument("--input-convention", choices=("normalized", "hu"),
-                   help="what a custom network takes: ldct-benchmark normalised units or HU")
+    p.add_argument(
+        "--input-convention",
+        choices=("normalized", "hu"),
+        help="what a custom network takes: ldct-benchmark normalised units or HU",
+    )
     p.add_argument("--sha256", help="expected SHA-256 of the weight file")
 
 
@@ -255,7 +379,36 @@ def resolve_device(name: str) -> str:
     return name
 
 
+class _ProgressLines:
+    """Machine-readable progress on stderr (``progress: DONE/TOTAL DESC``), one line per step: what
+    the Slicer module parses when it runs the CLI in a child process."""
+
+    disable = False
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self._emit()
+
+    def _emit(self) -> None:
+        print(f"progress: {self.n}/{self.total} {self.desc}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._emit()
+
+    def write(self, message: str) -> None:
+        print(message, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def _progress(total: int, desc: str):
+    if os.environ.get("CTINVARIANCES_PROGRESS") == "lines":
+        return _ProgressLines(total, desc)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), dynamic_ncols=True)
@@ -264,8 +417,9 @@ def _progress(total: int, desc: str):
 def _read(args):
     from ..io import parse_slices, read_volume
 
-    vol = read_volume(args.input if hasattr(args, "input") else args.path,
-                      series_uid=args.series, tilt=args.tilt)
+    vol = read_volume(
+        args.input if hasattr(args, "input") else args.path, series_uid=args.series, tilt=args.tilt
+    )
     if args.slices:
         vol = vol.select_slices(parse_slices(args.slices))
     for w in vol.warnings:
@@ -322,11 +476,22 @@ def cmd_inspect(args) -> int:
         return 0
     print(f"{vol.source}")
     print(f"  shape [k, j, i]   {k} x {j} x {i}")
-    print(f"  spacing [k, j, i] {info['spacing_mm'][0]:.4g} x {info['spacing_mm'][1]:.4g} x "
-          f"{info['spacing_mm'][2]:.4g} mm")
+    print(
+        f"  spacing [k, j, i] {info['spacing_mm'][0]:.4g} x {info['spacing_mm'][1]:.4g} x "
+        f"{info['spacing_mm'][2]:.4g} mm"
+    )
     print(f"  HU range          {info['hu_min']:.0f} .. {info['hu_max']:.0f}")
-    for key in ("modality", "manufacturer", "model", "kernel", "kvp", "tube_current_ma",
-                "slice_thickness_mm", "gantry_tilt_deg", "series_uid"):
+    for key in (
+        "modality",
+        "manufacturer",
+        "model",
+        "kernel",
+        "kvp",
+        "tube_current_ma",
+        "slice_thickness_mm",
+        "gantry_tilt_deg",
+        "series_uid",
+    ):
         if vol.tags.get(key) is not None:
             print(f"  {key:<17} {vol.tags[key]}")
     return 0
@@ -344,7 +509,9 @@ def cmd_simulate(args) -> int:
     vol = _read(args)
     device = resolve_device(args.device)
     settings = LowDoseSettings(
-        dose_fraction=args.dose, i0=args.i0, electronic_noise=args.electronic_noise,
+        dose_fraction=args.dose,
+        i0=args.i0,
+        electronic_noise=args.electronic_noise,
         geometry=FanBeamGeometry(filter=args.filter, n_views=args.views),
     )
     sim = LowDoseSimulator(settings, device=device)
@@ -369,8 +536,13 @@ def cmd_simulate(args) -> int:
 def _load_denoiser(args, device):
     from ..denoisers import load_denoiser
 
-    return load_denoiser(args.denoiser, device=device, arch=args.arch,
-                         input_convention=args.input_convention, sha256=args.sha256)
+    return load_denoiser(
+        args.denoiser,
+        device=device,
+        arch=args.arch,
+        input_convention=args.input_convention,
+        sha256=args.sha256,
+    )
 
 
 def cmd_denoise(args) -> int:
@@ -403,15 +575,21 @@ def cmd_evaluate(args) -> int:
     with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
         pairs = make_pairs("holdout", args.dose, realisations=1, seed=HOLDOUT_SEED, progress=bar.update)
     res = evaluate_denoiser(den, dose_fraction=args.dose, window=window, pairs=pairs)
-    print(f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}, "
-          "in the patient body (whole slice in brackets)")
+    print(
+        f"{den.name}: {res['n_slices']} held-out slices, dose {args.dose:g}, window {res['window']}, "
+        "in the patient body (whole slice in brackets)"
+    )
     print(f"  {'':<10} {'PSNR dB':>16} {'SSIM':>15} {'RMSE HU':>8}")
     for key in ("low_dose", "denoised"):
         r = res[key]
-        print(f"  {key:<10} {r['psnr_db']:7.2f} ({r['psnr_db_whole_slice']:6.2f}) "
-              f"{r['ssim']:6.3f} ({r['ssim_whole_slice']:5.3f}) {r['rmse_hu']:8.2f}")
-    print(f"  {'gain':<10} {res['psnr_gain_db']:+7.2f} ({res['psnr_gain_db_whole_slice']:+6.2f}) "
-          f"{res['ssim_gain']:+6.3f} ({res['ssim_gain_whole_slice']:+5.3f})")
+        print(
+            f"  {key:<10} {r['psnr_db']:7.2f} ({r['psnr_db_whole_slice']:6.2f}) "
+            f"{r['ssim']:6.3f} ({r['ssim_whole_slice']:5.3f}) {r['rmse_hu']:8.2f}"
+        )
+    print(
+        f"  {'gain':<10} {res['psnr_gain_db']:+7.2f} ({res['psnr_gain_db_whole_slice']:+6.2f}) "
+        f"{res['ssim_gain']:+6.3f} ({res['ssim_gain_whole_slice']:+5.3f})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.update_card:
@@ -439,10 +617,19 @@ def cmd_train(args) -> int:
     from ..training.denoisers import DenoiserTrainer, DenoiserTrainingConfig
 
     cfg = DenoiserTrainingConfig(
-        arch=args.arch, out=args.out, width=args.width, steps=args.steps,
-        batch_size=args.batch_size, patch=args.patch, lr=args.lr, dose_fraction=args.dose,
-        realisations=args.realisations, seed=args.seed, adv_weight=args.adv_weight,
-        relative_from=args.relative_from, init=args.init,
+        arch=args.arch,
+        out=args.out,
+        width=args.width,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        dose_fraction=args.dose,
+        realisations=args.realisations,
+        seed=args.seed,
+        adv_weight=args.adv_weight,
+        relative_from=args.relative_from,
+        init=args.init,
     )
     path = DenoiserTrainer(cfg, device=resolve_device(args.device)).run(progress=sys.stderr.isatty())
     print(f"wrote {path}")
@@ -457,11 +644,23 @@ def _train_cvae(args) -> int:
         return recipe_value(args.size, name, getattr(args, name))
 
     cfg = CVAETrainingConfig(
-        out=args.out, size=args.size, denoisers=tuple(args.denoiser or DENOISER_NAMES), data=tuple(args.data),
-        steps=args.steps, batch_size=recipe("batch_size"), lr=recipe("lr"), adv_weight=recipe("adv_weight"),
-        adv_start=args.adv_start, l1_weight=args.l1_weight, kl_weight=recipe("kl_weight"),
-        dose_fraction=args.dose, realisations=args.realisations, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, device=args.device, time_limit_s=_minutes(args.time_limit),
+        out=args.out,
+        size=args.size,
+        denoisers=tuple(args.denoiser or DENOISER_NAMES),
+        data=tuple(args.data),
+        steps=args.steps,
+        batch_size=recipe("batch_size"),
+        lr=recipe("lr"),
+        adv_weight=recipe("adv_weight"),
+        adv_start=args.adv_start,
+        l1_weight=args.l1_weight,
+        kl_weight=recipe("kl_weight"),
+        dose_fraction=args.dose,
+        realisations=args.realisations,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        time_limit_s=_minutes(args.time_limit),
     )
     return _run_trainer(CVAETrainer, cfg, args.device, stop_at=args.stop_at)
 
@@ -484,11 +683,23 @@ def _train_cinn(args) -> int:
     from ..training.invariance import CINNTrainer, CINNTrainingConfig
 
     cfg = CINNTrainingConfig(
-        out=args.out, denoiser=args.denoiser, cvae=args.cvae, denoiser_arch=args.arch,
-        denoiser_input_convention=args.input_convention, data=tuple(args.data), steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, dose_fraction=args.dose, realisations=args.realisations,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
-        time_limit_s=_minutes(args.time_limit), patch=args.patch, init=args.init,
+        out=args.out,
+        denoiser=args.denoiser,
+        cvae=args.cvae,
+        denoiser_arch=args.arch,
+        denoiser_input_convention=args.input_convention,
+        data=tuple(args.data),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dose_fraction=args.dose,
+        realisations=args.realisations,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        time_limit_s=_minutes(args.time_limit),
+        patch=args.patch,
+        init=args.init,
     )
     return _run_trainer(CINNTrainer, cfg, args.device)
 
@@ -518,22 +729,39 @@ def cmd_sample(args) -> int:
     kind = sampler.kind
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
     with _progress(vol.shape[0], f"sample {den.name} ({kind})") as bar:
-        metrics = sample_volume(vol, sampler, out, n_samples=args.samples, seed=args.seed,
-                                temperature=args.temperature, batch_size=args.batch_size,
-                                check=not args.no_check, consistency_steps=args.consistency,
-                                consistency_method=args.consistency_method, keep_raw=args.keep_raw,
-                                progress=bar.update, parameters=params, overwrite=args.overwrite)
-    msg = (f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {kind} sampler, "
-           f"{args.consistency} consistency steps, {metrics['seconds']:.1f} s on {device})")
+        metrics = sample_volume(
+            vol,
+            sampler,
+            out,
+            n_samples=args.samples,
+            seed=args.seed,
+            temperature=args.temperature,
+            batch_size=args.batch_size,
+            check=not args.no_check,
+            consistency_steps=args.consistency,
+            consistency_method=args.consistency_method,
+            keep_raw=args.keep_raw,
+            progress=bar.update,
+            parameters=params,
+            overwrite=args.overwrite,
+        )
+    msg = (
+        f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {kind} sampler, "
+        f"{args.consistency} consistency steps, {metrics['seconds']:.1f} s on {device})"
+    )
     div = metrics.get("diversity")
     if div:
-        msg += (f"\n  samples vary by {div['std_map_median_hu']:.1f} HU (median std in the body; "
-                f"median pairwise RMSE {div['pairwise_rmse_median_hu']:.1f} HU)")
+        msg += (
+            f"\n  samples vary by {div['std_map_median_hu']:.1f} HU (median std in the body; "
+            f"median pairwise RMSE {div['pairwise_rmse_median_hu']:.1f} HU)"
+        )
     for key, label in (("fidelity_raw", "raw"), ("fidelity", "final")):
         fid = metrics.get(key)
         if fid:
-            msg += (f"\n  {label}: samples differ from x by {fid['median_rmse_input_hu']:.1f} HU, f(samples) "
-                    f"from f(x) by {fid['median_rmse_output_hu']:.2f} HU (ratio {fid['median_ratio']:.3f})")
+            msg += (
+                f"\n  {label}: samples differ from x by {fid['median_rmse_input_hu']:.1f} HU, f(samples) "
+                f"from f(x) by {fid['median_rmse_output_hu']:.2f} HU (ratio {fid['median_ratio']:.3f})"
+            )
     if "fresh_noise_ratio" in metrics:
         msg += f"\n  fresh-noise reference ratio {metrics['fresh_noise_ratio']['median']:.3f}"
     print(msg)
@@ -555,8 +783,78 @@ def _make_sampler(args, den, device):
         kind = "cinn" if _has_cinn(den, args) else "noise"
     if kind == "noise":
         return NoiseSampler(den, device=device)
-    return InvarianceSampler.load(den, cvae=args.cvae, cinn=getattr(args, "cinn", None), device=device,
-                                  use_cinn=kind == "cinn", **kw)
+    return InvarianceSampler.load(
+        den, cvae=args.cvae, cinn=getattr(args, "cinn", None), device=device, use_cinn=kind == "cinn", **kw
+    )
+
+
+def cmd_probe(args) -> int:
+    """Method C at one point: would a structure of this size and contrast survive the denoiser?"""
+    import numpy as np
+
+    from ..analysis import structure_probe
+
+    at = [float(v) for v in args.at.split(",")] if args.at else []
+    if len(at) != 3 or not all(np.isfinite(at)):
+        raise CTInvariancesError(f"--at {args.at!r}: give X,Y,Z in mm (patient coordinates, LPS)")
+    vol = _read(args)
+    device = resolve_device(args.device)
+    den = _load_denoiser(args, device)
+    d = vol.direction_matrix @ np.diag(vol.spacing)
+    i, j, k = np.linalg.solve(d, np.asarray(at) - np.asarray(vol.origin))
+    kk = int(round(k))
+    if not 0 <= kk < vol.shape[0]:
+        raise CTInvariancesError(
+            f"--at {args.at}: the point lies outside the image (slice {k:.1f})", vol.source
+        )
+    spacing = (vol.spacing[1], vol.spacing[0])
+    try:
+        res = structure_probe(
+            den,
+            vol.array[kk],
+            spacing,
+            [(j * spacing[0], i * spacing[1])],
+            args.diameter,
+            args.contrast,
+            steps=args.consistency,
+        )
+    except ValueError as exc:
+        raise CTInvariancesError(str(exc), vol.source) from None
+    out = {
+        "slice": int(vol.source_slice_indices[kk]),
+        "diameter_mm": args.diameter,
+        "contrast_hu": args.contrast,
+        "erasure": float(res.erasure[0]),
+        "transfer": float(res.transfer[0]),
+        "denoiser": den.name,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        verdict = "erased by" if out["erasure"] > 0.5 else "kept by"
+        print(
+            f"a {args.diameter:g} mm, {args.contrast:+g} HU structure here is {verdict} {den.name}: "
+            f"{100 * out['erasure']:.0f} % of its contrast is invisible to it; f keeps "
+            f"{100 * out['transfer']:.0f} % of the contrast"
+        )
+    return 0
+
+
+def _simulated(vol, dose: float, seed: int, device: str):
+    """``vol`` (full dose) made ``dose`` with the project's simulator, slice by slice."""
+    import numpy as np
+
+    from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose), device=device)
+    pixel_mm = (vol.spacing[1], vol.spacing[0])
+    out = np.empty_like(vol.array)
+    for k in range(vol.shape[0]):
+        try:
+            out[k], _ = sim.simulate(vol.array[k], pixel_mm, slice_seed(seed, vol.source_slice_indices[k]))
+        except ValueError as exc:
+            raise CTInvariancesError(str(exc), vol.source) from None
+    return vol.with_array(out)
 
 
 def cmd_run(args) -> int:
@@ -576,17 +874,36 @@ def cmd_run(args) -> int:
     check_job_folder(out, args.overwrite)
     vol = _read(args)
     device = resolve_device(args.device)
+    if args.simulate_dose is not None:
+        vol = _simulated(vol, args.simulate_dose, args.seed, device)
     dens = [_load_denoiser(argparse.Namespace(**{**vars(args), "denoiser": n}), device) for n in names]
-    settings = JobSettings(n_samples=args.samples, seed=args.seed, temperature=args.temperature,
-                           batch_size=args.batch_size, consistency_steps=args.consistency, alpha=args.alpha,
-                           probes=probes, device=device)
+    settings = JobSettings(
+        n_samples=args.samples,
+        seed=args.seed,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        consistency_steps=args.consistency,
+        alpha=args.alpha,
+        probes=probes,
+        device=device,
+    )
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
     with _progress(vol.shape[0] * len(dens), "run") as bar:
-        summary = run_job(vol, dens, out, lambda d: _make_sampler(args, d, device), settings,
-                          progress=bar.update, overwrite=args.overwrite, parameters=params,
-                          log=lambda m: bar.write(m) if not bar.disable else print(m))
-    print(f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {len(dens)} denoiser(s), "
-          f"{summary['seconds']:.0f} s on {device})")
+        summary = run_job(
+            vol,
+            dens,
+            out,
+            lambda d: _make_sampler(args, d, device),
+            settings,
+            progress=bar.update,
+            overwrite=args.overwrite,
+            parameters=params,
+            log=lambda m: bar.write(m) if not bar.disable else print(m),
+        )
+    print(
+        f"wrote {out}/ ({vol.shape[0]} slices x {args.samples} samples, {len(dens)} denoiser(s), "
+        f"{summary['seconds']:.0f} s on {device})"
+    )
     print(comparison_table(summary))
     return 0
 
@@ -595,7 +912,8 @@ def _has_cinn(den, args) -> bool:
     """Whether a cINN for this denoiser is at hand (given, or beside the cVAE)."""
     from ..invariance.models import resolve_cinn_path, resolve_cvae_path
 
-    if getattr(args, "cinn", None) or args.cvae:  # the user asked for the learned engine: a missing cINN is an error
+    # the user asked for the learned engine: a missing cINN is then an error
+    if getattr(args, "cinn", None) or args.cvae:
         return True
     try:
         return Path(resolve_cinn_path(None, den.name, resolve_cvae_path(args.cvae))).exists()
@@ -623,6 +941,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "sample": cmd_sample,
     "run": cmd_run,
+    "probe": cmd_probe,
     "models": cmd_models,
     "simulate-low-dose": cmd_simulate,
     "denoise": cmd_denoise,
