@@ -18,7 +18,14 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import norm
 
-from .reference import DEFAULT_SCALES_MM, NoiseReference, build_reference, smooth
+from .reference import DEFAULT_SCALES_MM, NoiseReference, build_reference, load_calibration, smooth
+
+
+def tail_factor(calibration: dict | None = None) -> float:
+    """The calibrated factor on Z that makes the maximum statistic's family-wise error alpha on
+    simulated repeat scans (1 when the calibration has none)."""
+    cal = calibration if calibration is not None else load_calibration()
+    return float((cal.get("max_statistic_factor") or {}).get("factor", 1.0))
 
 
 def expected_euler_characteristic(u: float, area_px: float, perimeter_px: float, roughness: float) -> float:
@@ -100,6 +107,7 @@ def noise_referenced_test(
     spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
     ref = reference or build_reference(x, spacing_mm, scales_mm, seed=seed, device=device)
     body = ref.body
+    tail = tail_factor()
     area = float(body.sum())
     perimeter = float((body & ~ndimage.binary_erosion(body)).sum())
     n_scales = len(scales_mm)
@@ -113,7 +121,7 @@ def noise_referenced_test(
     for k in range(K):
         d = s[k].astype(np.float64) - x
         for sc in scales_mm:
-            z = np.abs(smooth(d, sc, spacing_mm)) / ref.level[sc]
+            z = np.abs(smooth(d, sc, spacing_mm)) / (tail * ref.level[sc])
             zb = np.where(body, z, 0.0)
             m = float(zb.max())
             p_sc = min(1.0, n_scales * expected_euler_characteristic(m, area, perimeter, ref.roughness[sc]))
