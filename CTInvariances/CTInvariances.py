@@ -49,6 +49,13 @@ class CTInvariances(ScriptedLoadableModule):
             "Pancreas-CT (Roth et al., CC BY 3.0)."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
+        # models a user imports or trains: Slicer's user data folder, shared with the command line
+        os.environ.setdefault("CTINVARIANCES_USER_MODELS", userModelsFolder())
+
+
+def userModelsFolder():
+    settings = os.path.dirname(slicer.app.slicerUserSettingsFilePath or "") or os.path.expanduser("~")
+    return os.path.join(settings, "CTInvariances", "models")
 
 
 def registerSampleData():

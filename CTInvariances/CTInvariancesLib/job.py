@@ -30,6 +30,7 @@ from .analysis import (
     structure_alterations,
     structure_probe,
 )
+from .analysis.probes import NO_PROBE
 from .analysis.structures import KINDS
 from .errors import InputError
 from .files import check_can_create
@@ -219,7 +220,7 @@ class _DenoiserAnalysis:
                 self.erasure[p].write_slice(k, erasure_map(x.shape, sp, res, body))
                 self.erasures[p] += list(res.erasure)
             else:
-                self.erasure[p].write_slice(k, np.full(x.shape, np.nan, np.float32))
+                self.erasure[p].write_slice(k, np.full(x.shape, NO_PROBE, np.float32))
         entry["analysis"] = {
             "significant_samples": int(a.altered.sum()),
             "min_p_value": float(a.p_values.min()),

@@ -170,17 +170,20 @@ def probe_grid(x_hu, spacing_mm, diameter_mm: float, spacing_factor: float = 3.0
     return np.array(out, np.float64).reshape(-1, 2)
 
 
+NO_PROBE = -1.0  # erasure maps outside the body (a finite value: NaN would make the file unusable)
+
+
 def erasure_map(shape, spacing_mm, result: ProbeResult, body: np.ndarray | None = None) -> np.ndarray:
-    """Each pixel takes the erasure of its nearest probe (NaN outside the body): the map per size
-    and contrast that the main job writes."""
+    """Each pixel takes the erasure of its nearest probe (``NO_PROBE`` outside the body): the map per
+    size and contrast that the main job writes."""
     yy = (np.arange(shape[0]) * spacing_mm[0])[:, None, None]
     xx = (np.arange(shape[1]) * spacing_mm[1])[None, :, None]
     c = result.centres_mm
-    out = np.full(shape, np.nan, np.float32)
+    out = np.full(shape, NO_PROBE, np.float32)
     if len(c) == 0:
         return out
     nearest = np.argmin((yy - c[None, None, :, 0]) ** 2 + (xx - c[None, None, :, 1]) ** 2, axis=-1)
     out = result.erasure[nearest].astype(np.float32)
     if body is not None:
-        out[~body] = np.nan
+        out[~body] = NO_PROBE
     return out

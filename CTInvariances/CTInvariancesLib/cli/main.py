@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(hash-checked) to safetensors",
     )
     m.add_argument("--dir", required=True, help="folder holding the downloaded .pt files")
-    m.add_argument("--out", help="destination (default: <models>/published/<name>/)")
+    m.add_argument("--out", help="destination (default: <user models folder>/published/<name>/)")
     m = msub.add_parser("list", help="list the bundled and imported models with their hashes")
 
     p = sub.add_parser("train", help="train a model")
@@ -923,16 +923,19 @@ def _has_cinn(den, args) -> bool:
 
 def cmd_models(args) -> int:
     from ..invariance.models import bundled_dir, import_published
-    from ..weights import models_dir
+    from ..weights import models_dir, user_models_dir
 
     if args.what == "import-published":
         for path in import_published(args.dir, args.out):
             print(f"wrote {path}")
         return 0
-    for path in sorted(models_dir().rglob("*.safetensors")):
-        card = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
-        rel = path.relative_to(models_dir())
-        print(f"{str(rel):<45} {card.get('kind', 'denoiser'):<9} {card.get('sha256', '?')[:16]}")
+    for root, where in ((models_dir(), "bundled"), (user_models_dir(), "user")):
+        print(f"{where}: {root}")
+        for path in sorted(root.rglob("*.safetensors")) if root.is_dir() else []:
+            card_path = path.with_suffix(".json")
+            card = json.loads(card_path.read_text()) if card_path.exists() else {}
+            rel = path.relative_to(root)
+            print(f"  {str(rel):<45} {card.get('kind', 'denoiser'):<9} {card.get('sha256', '?')[:16]}")
     _ = bundled_dir
     return 0
 

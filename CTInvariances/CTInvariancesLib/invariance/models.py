@@ -179,11 +179,14 @@ def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
 def import_published(folder: str | Path, out: str | Path | None = None, names=None) -> list[Path]:
     """Convert the published ``<denoiser>-vae.pt`` / ``<denoiser>-cinn.pt`` found in ``folder``
     (hash-checked against the published SHA-256) to safetensors + cards in ``out``
-    (default: <models>/published/<denoiser>/ as cvae.safetensors and cinn-<denoiser>.safetensors)."""
+    (default: <user models>/published/<denoiser>/ as cvae.safetensors and cinn-<denoiser>.safetensors;
+    the user models folder: ``weights.user_models_dir``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError("not a folder", folder)
-    out_root = Path(out) if out else models_dir() / "published"
+    from ..weights import user_models_dir
+
+    out_root = Path(out) if out else user_models_dir() / "published"
     written: list[Path] = []
     wanted = names or ("cnn10", "redcnn", "wganvgg", "dugan")
     found_any = False
