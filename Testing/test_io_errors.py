@@ -232,3 +232,39 @@ def test_user_file_not_modified(ct_small, tmp_path):
 def test_preamble_less_non_image_in_folder_is_named(tmp_path):
     shutil.copy(pydicom_test_file("rtstruct.dcm"), tmp_path / "rs")
     _raises(tmp_path, "is an RT Structure Set object")
+
+
+def test_empty_slice_file_in_a_series_is_named(ct_small, tmp_path):
+    folder = _series(ct_small, tmp_path / "s", [0.0, 1.0, 2.0, 3.0])
+    (folder / "s002.dcm").write_bytes(b"")
+    err = _raises(folder, "is empty")
+    assert "s002.dcm" in str(err)
+
+
+def test_unreadable_slice_file_in_a_series_is_named(ct_small, tmp_path):
+    folder = _series(ct_small, tmp_path / "s", [0.0, 1.0, 2.0])
+    (folder / "s001.dcm").write_bytes(b"not dicom at all" * 10)
+    assert "s001.dcm" in str(_raises(folder, "not a readable DICOM"))
+
+
+def test_pixel_spacing_differing_per_slice(ct_small, tmp_path):
+    folder = _series(ct_small, tmp_path / "s", [0.0, 1.0])
+    _ct_slice(ct_small, folder / "s002.dcm", z=2.0, series="1.2.3.4", PixelSpacing=[0.9, 0.9])
+    assert "s002.dcm" in str(_raises(folder, "PixelSpacing"))
+
+
+def test_bits_allocated_differing_per_slice(ct_small, tmp_path):
+    folder = _series(ct_small, tmp_path / "s", [0.0, 1.0])
+    _ct_slice(ct_small, folder / "s002.dcm", z=2.0, series="1.2.3.4", BitsStored=12)
+    assert "s002.dcm" in str(_raises(folder, "BitsStored"))
+
+
+def test_rescale_slope_zero(ct_small, tmp_path):
+    folder = _series(ct_small, tmp_path / "s", [0.0, 1.0])
+    _ct_slice(ct_small, folder / "s002.dcm", z=2.0, series="1.2.3.4", RescaleSlope=0)
+    assert "s002.dcm" in str(_raises(folder, "RescaleSlope is 0"))
+
+
+def test_bits_allocated_that_does_not_match_the_pixels(ct_small, tmp_path):
+    path = _ct_slice(ct_small, tmp_path / "a.dcm", BitsAllocated=8, BitsStored=8, HighBit=7)
+    assert "a.dcm" in str(_raises(path, "does not describe the pixels"))

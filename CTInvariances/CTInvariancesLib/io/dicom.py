@@ -107,8 +107,7 @@ def validate_ct_image(ds: pydicom.Dataset, path: Path) -> None:
         )
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(
-            f"has no pixel data ({_sop_class_name(ds)}, modality {modality or 'missing'}): "
-            "not an image",
+            f"has no pixel data ({_sop_class_name(ds)}, modality {modality or 'missing'}): not an image",
             path,
         )
     sop = str(ds.get("SOPClassUID", ""))
@@ -153,6 +152,12 @@ def _check_pixel_length(ds: pydicom.Dataset, path: Path) -> None:
         actual = len(ds.PixelData)
     except Exception as exc:
         raise InputError(f"truncated or corrupt pixel data ({_short(exc)})", path) from None
+    if actual >= 2 * expected:  # e.g. BitsAllocated 8 on 16-bit data: the image would be garbage
+        raise InputError(
+            f"pixel data holds {actual} bytes, but {rows}x{cols} pixels at BitsAllocated {bits} need "
+            f"{expected}: the header does not describe the pixels",
+            path,
+        )
     if actual < expected:
         raise InputError(
             f"is truncated: pixel data holds {actual} bytes, {rows}x{cols} pixels at {bits} bits "
@@ -169,8 +174,12 @@ def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
     if not files:
         raise InputError("folder is empty", folder)
     series: dict[str, list[_Slice]] = {}
+    suspicious = []
     for path in files:
         if not is_dicom_file(path):
+            # an empty or unreadable member of a series would silently change its slice spacing
+            if path.stat().st_size == 0 or path.suffix.lower() in (".dcm", ".ima"):
+                suspicious.append(path)
             continue
         ds = _read_header(path)
         uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -179,6 +188,15 @@ def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
         raise InputError(
             f"no DICOM files in this folder ({len(files)} other files, e.g. {files[0].name})",
             folder,
+        )
+    if suspicious:
+        bad = suspicious[0]
+        what = "is empty (0 bytes)" if bad.stat().st_size == 0 else "is not a readable DICOM file"
+        raise InputError(
+            f"{what} but sits in a DICOM series folder: a missing slice would change the slice spacing "
+            f"unnoticed; remove or replace it"
+            + (f" ({len(suspicious)} such files)" if len(suspicious) > 1 else ""),
+            bad,
         )
     return series
 
@@ -195,9 +213,7 @@ def describe_series(series: dict[str, list[_Slice]]) -> list[str]:
     return out
 
 
-def read_dicom_folder(
-    folder: str | Path, series_uid: str | None = None, tilt: str = "resample"
-) -> CTVolume:
+def read_dicom_folder(folder: str | Path, series_uid: str | None = None, tilt: str = "resample") -> CTVolume:
     """Read one CT series from a folder; ``series_uid`` picks one when the folder holds several."""
     folder = Path(folder)
     if tilt not in TILT_MODES:
@@ -212,8 +228,7 @@ def read_dicom_folder(
         slices = series[series_uid]
     elif len(series) > 1:
         raise InputError(
-            f"holds {len(series)} series, pick one with --series UID: "
-            + "; ".join(describe_series(series)),
+            f"holds {len(series)} series, pick one with --series UID: " + "; ".join(describe_series(series)),
             folder,
         )
     else:
@@ -229,6 +244,30 @@ def read_dicom_file(path: str | Path) -> CTVolume:
     ds = _read_header(path)
     validate_ct_image(ds, path)
     return _assemble([_Slice(path, ds)], path, "keep")
+
+
+def _check_same(s: _Slice, first: _Slice) -> None:
+    """Per-slice consistency of a series: pixel spacing and bit depth as the first slice's."""
+    ps, ps0 = [float(v) for v in s.ds.PixelSpacing], [float(v) for v in first.ds.PixelSpacing]
+    if any(abs(a - b) > 1e-3 * max(abs(b), 1e-6) for a, b in zip(ps, ps0)):
+        raise InputError(
+            f"PixelSpacing {ps} differs from {ps0} of {first.path.name}: slices of one volume must share it",
+            s.path,
+        )
+    for tag in ("BitsAllocated", "BitsStored", "PixelRepresentation"):
+        a, b = s.ds.get(tag), first.ds.get(tag)
+        if a is not None and b is not None and int(a) != int(b):
+            raise InputError(f"{tag} {int(a)} differs from {int(b)} of {first.path.name}", s.path)
+
+
+def _check_rescale(s: _Slice) -> None:
+    slope = s.ds.get("RescaleSlope")
+    intercept = s.ds.get("RescaleIntercept")
+    for name, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if v is not None and v != "" and not math.isfinite(float(v)):
+            raise InputError(f"{name} is {v}: not a finite number", s.path)
+    if slope is not None and slope != "" and float(slope) == 0.0:
+        raise InputError("RescaleSlope is 0: every pixel would read as the same value", s.path)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -254,6 +293,9 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 f"{slices[0].ds.Rows}x{slices[0].ds.Columns} of {slices[0].path.name}",
                 s.path,
             )
+        _check_same(s, slices[0])
+    for s in slices:
+        _check_rescale(s)
     positions = np.array([[float(v) for v in s.ds.ImagePositionPatient] for s in slices])
     order = np.argsort(positions @ normal, kind="stable")
     slices = [slices[i] for i in order]
@@ -321,8 +363,7 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 direction_k = stack
                 spacing_k = float(np.linalg.norm(positions[-1] - positions[0]) / (len(slices) - 1))
                 warnings.append(
-                    f"{what}: slices kept as acquired; the volume geometry is sheared "
-                    "(non-orthogonal k axis)"
+                    f"{what}: slices kept as acquired; the volume geometry is sheared (non-orthogonal k axis)"
                 )
     direction = np.stack([row_dir, col_dir, direction_k], axis=1)
     return CTVolume(
