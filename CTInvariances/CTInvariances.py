@@ -257,8 +257,13 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProbe(self):
         with slicer.util.tryWithErrorDisplay("The probe failed.", waitCursor=True):
-            answer = self.logic.probe(self._parameterNode)
+            answer, erasure = self.logic.probe(self._parameterNode)
             self.ui.probeResultLabel.text = answer
+            # the short answer at the point itself, in the slice views
+            p = self._parameterNode
+            p.probePoint.SetNthControlPointLabel(
+                0, f"{p.probeDiameter:g} mm {p.probeContrast:+g} HU: {100 * erasure:.0f} % erased"
+            )
 
 
 class CTInvariancesLogic(ScriptedLoadableModuleLogic):
@@ -358,7 +363,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
             return f"unknown ({exc})"
 
     def probe(self, p):
-        """Method C at the markup point, in a child process; returns the one-line answer."""
+        """Method C at the markup point, in a child process; returns (the answer, the erasure)."""
         import tempfile
 
         from CTInvariancesSlicer import volume_to_file
@@ -389,6 +394,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
                     str(p.probeContrast),
                     "--device",
                     p.device,
+                    "--json",
                 ],
                 capture_output=True,
                 text=True,
@@ -396,7 +402,14 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
             )
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["the probe failed"])[-1])
-        return proc.stdout.strip()
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        verdict = "would be erased by" if r["erasure"] > 0.5 else "would survive"
+        answer = (
+            f"A {r['diameter_mm']:g} mm, {r['contrast_hu']:+g} HU structure here {verdict} "
+            f"{r['denoiser']}: {100 * r['erasure']:.0f} % of its contrast is invisible to it "
+            f"(f keeps {100 * r['transfer']:.0f} % of the contrast; slice {r['slice']})."
+        )
+        return answer, r["erasure"]
 
 
 def _importName(requirement):
