@@ -166,3 +166,14 @@ def test_a_truncated_compressed_file_is_refused(tmp_path, capsys, name):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert name in err and "truncated or corrupt" in err
+
+
+def test_sample_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    out = tmp_path / "s"
+    rc = main(["sample", get_testdata_file("explicit_VR-UN.dcm"), "--denoiser", "cnn10", "--samples", "4096",
+               "--max-memory", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "memory" in err and "--max-memory 1 GB" in err, err
+    assert not out.exists()

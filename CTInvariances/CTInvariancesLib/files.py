@@ -26,3 +26,52 @@ def check_can_create(folder: Path) -> None:
     place = nearest_existing(folder)
     if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
         raise InputError("cannot write here (not a writable folder)", place)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still use (MemAvailable on Linux; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def check_resources(
+    out: Path, disk_bytes: float, memory_bytes: float, max_memory_gb: float | None = None
+) -> None:
+    """Before any work: refuse, with the numbers, a job whose output does not fit on the disk of
+    ``out`` or whose working memory exceeds what is available (or ``max_memory_gb``)."""
+    import shutil
+
+    from .errors import InputError
+
+    free = shutil.disk_usage(nearest_existing(out)).free
+    if disk_bytes > 0.95 * free:
+        raise InputError(
+            f"the output needs about {_gb(disk_bytes)} but only {_gb(free)} are free there; "
+            "use fewer samples or slices (--samples, --slices) or another --out",
+            out,
+        )
+    limit = max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
+    if limit is not None and memory_bytes > limit:
+        raise InputError(
+            f"this job needs about {_gb(memory_bytes)} of memory per slice, "
+            + (
+                f"above --max-memory {max_memory_gb:g} GB"
+                if max_memory_gb is not None
+                else f"but only {_gb(limit)} are available"
+            )
+            + "; use fewer samples (--samples) or a smaller --batch-size",
+            out,
+        )

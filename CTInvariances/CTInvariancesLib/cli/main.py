@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate gradients",
     )
     p.add_argument(
+        "--max-memory",
+        type=opt.positive_float,
+        metavar="GB",
+        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
+    )
+    p.add_argument(
         "--keep-raw",
         action="store_true",
         help="also write the raw samples (samples_raw.seq.nrrd) beside the consistent ones",
@@ -191,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="D_MM,C_HU",
         help="method C: erasure map of probes of this diameter and contrast (repeatable)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=opt.positive_float,
+        metavar="GB",
+        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
     )
     p.add_argument(
         "--simulate-dose",
@@ -725,6 +737,7 @@ def cmd_sample(args) -> int:
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
+    _check_job_size(out, vol, args.samples, args.samples * (2 if args.keep_raw else 1) + 3, args.max_memory)
     sampler = _make_sampler(args, den, device)
     kind = sampler.kind
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
@@ -766,6 +779,23 @@ def cmd_sample(args) -> int:
         msg += f"\n  fresh-noise reference ratio {metrics['fresh_noise_ratio']['median']:.3f}"
     print(msg)
     return 0
+
+
+def _check_job_size(out: Path, vol, n_samples: int, n_outputs: int, max_memory_gb=None) -> None:
+    """Disk: n_outputs float32 volumes per sample set (samples + maps) per denoiser; memory: one
+    slice's samples in several working copies (raw, consistent, gradients, f of each)."""
+    import numpy as np
+
+    from ..files import check_resources
+
+    voxels = float(np.prod(vol.shape))
+    slice_px = float(vol.shape[1] * vol.shape[2])
+    check_resources(
+        out,
+        disk_bytes=4 * voxels * n_outputs,
+        memory_bytes=4 * slice_px * n_samples * 8 + 4 * voxels,
+        max_memory_gb=max_memory_gb,
+    )
 
 
 def _make_sampler(args, den, device):
@@ -876,6 +906,7 @@ def cmd_run(args) -> int:
     device = resolve_device(args.device)
     if args.simulate_dose is not None:
         vol = _simulated(vol, args.simulate_dose, args.seed, device)
+    _check_job_size(out, vol, args.samples, len(names) * (args.samples + 4 + len(probes)), args.max_memory)
     dens = [_load_denoiser(argparse.Namespace(**{**vars(args), "denoiser": n}), device) for n in names]
     settings = JobSettings(
         n_samples=args.samples,
