@@ -27,7 +27,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-DENOISERS = ["cnn10", "redcnn", "wganvgg", "dugan", "custom file"]
 SAMPLE_FILE = "PancreasCT-abdomen-slice.nrrd"
 SAMPLE_SHA256 = "780f1943ea3260c70142adc205697760a39cc103d9ddac17f15faac6da7f536b"
 
@@ -78,7 +77,7 @@ class CTInvariancesParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     simulateLowDose: bool = False
     doseFraction: Annotated[float, WithinRange(0.05, 0.95)] = 0.25
-    denoiser: Annotated[str, Choice(DENOISERS)] = "cnn10"
+    denoiser: str = "cnn10"  # a name of `ctinvariances models list`, or "custom file"
     customDenoiserPath: str = ""
     samples: Annotated[int, WithinRange(2, 256)] = 16
     temperature: Annotated[float, WithinRange(0.1, 3.0)] = 1.0
@@ -126,11 +125,21 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextFindingButton.connect("clicked(bool)", self.onNextFinding)
         self.ui.deviceCollapsibleButton.connect("contentsCollapsed(bool)", self.onDeviceSection)
         self.ui.modelsFolderLabel.text = self.logic.modelsFolder()
+        self.fillDenoisers()
         self.timer = qt.QTimer()
         self.timer.setInterval(500)
         self.timer.connect("timeout()", self.onTimer)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.initializeParameterNode()
+
+    def fillDenoisers(self):
+        """The same list as `ctinvariances models list`: bundled, then the user's models folder."""
+        combo = self.ui.denoiserComboBox
+        current = combo.currentText
+        combo.clear()
+        for name in self.logic.denoiserNames() + ["custom file"]:
+            combo.addItem(name)
+        combo.currentText = current or "cnn10"
 
     def cleanup(self):
         self.removeObservers()
@@ -277,6 +286,11 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return CTInvariancesParameterNode(super().getParameterNode())
+
+    def denoiserNames(self):
+        from CTInvariancesLib.model_folders import denoiser_entries  # no torch: safe at any time
+
+        return [e["name"] for e in denoiser_entries()]
 
     def modelsFolder(self):
         return os.environ.get("CTINVARIANCES_USER_MODELS") or os.path.join(

@@ -55,18 +55,11 @@ def test_choices_in_the_panel_match_the_parameter_choices(panel):
     from PySide6.QtWidgets import QComboBox
 
     text = MODULE.read_text()
-    for combo_name, field in (
-        ("denoiserComboBox", "denoiser"),
-        ("deviceComboBox", "device"),
-        ("sliceSelectionComboBox", "sliceSelection"),
-    ):
+    for combo_name, field in (("deviceComboBox", "device"), ("sliceSelectionComboBox", "sliceSelection")):
         combo = panel.findChild(QComboBox, combo_name)
         items = [combo.itemText(i) for i in range(combo.count())]
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{field}:"))
-        if "DENOISERS" in line:
-            choices = ast.literal_eval(re.search(r"DENOISERS = (\[.*?\])", text).group(1))
-        else:
-            choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", line).group(1))
+        choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", line).group(1))
         assert items == choices, (combo_name, items, choices)
 
 
@@ -75,3 +68,21 @@ def test_panel_renders(panel, tmp_path):
     image = panel.grab()
     path = tmp_path / "panel.png"
     assert image.save(str(path)) and path.stat().st_size > 5_000
+
+
+def test_denoiser_list_is_the_models_list(tmp_path, monkeypatch):
+    """The panel fills its denoiser list from the same function as `ctinvariances models list`;
+    a model in the user folder appears in both, bundled ones first."""
+    import shutil
+
+    from CTInvariancesLib.model_folders import denoiser_entries, models_dir
+
+    monkeypatch.setenv("CTINVARIANCES_USER_MODELS", str(tmp_path))
+    (tmp_path / "denoisers").mkdir()
+    shutil.copy(models_dir() / "denoisers" / "cnn10.safetensors", tmp_path / "denoisers" / "mine.safetensors")
+    shutil.copy(
+        models_dir() / "denoisers" / "cnn10.safetensors", tmp_path / "denoisers" / "cnn10.safetensors"
+    )
+    names = [e["name"] for e in denoiser_entries()]
+    assert names == ["cnn10", "redcnn", "wganvgg", "dugan", "mine", "user/cnn10"]
+    assert "denoiserNames" in MODULE.read_text() and "denoiser_entries" in MODULE.read_text()

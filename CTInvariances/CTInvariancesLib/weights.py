@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
 from .files import default_file_mode
+from .model_folders import models_dir, user_models_dir  # noqa: F401 - re-exported
 
 CARD_SUFFIX = ".json"
 
@@ -38,33 +39,6 @@ def verify_sha256(path: str | Path, expected: str | None) -> str:
             path,
         )
     return actual
-
-
-def user_models_dir() -> Path:
-    """Where models a user imports or trains live: $CTINVARIANCES_USER_MODELS (Slicer sets it to its
-    user data folder), else the platform's per-user data folder. Never the installed package, which
-    may be read-only."""
-    env = os.environ.get("CTINVARIANCES_USER_MODELS")
-    if env:
-        return Path(env)
-    import sys
-
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "CTInvariances" / "models"
-
-
-def models_dir() -> Path:
-    """Folder of bundled models: $CTINVARIANCES_MODELS or the module's Resources/Models."""
-    env = os.environ.get("CTINVARIANCES_MODELS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
 
 
 def read_card(weights_path: str | Path) -> dict:

@@ -960,8 +960,13 @@ def cmd_models(args) -> int:
         for path in import_published(args.dir, args.out):
             print(f"wrote {path}")
         return 0
+    from ..model_folders import denoiser_entries
+
+    print("denoisers (use with --denoiser NAME):")
+    for e in denoiser_entries():
+        print(f"  {e['name']:<20} {e['where']:<8} {e['path']}")
     for root, where in ((models_dir(), "bundled"), (user_models_dir(), "user")):
-        print(f"{where}: {root}")
+        print(f"{where} models folder: {root}")
         for path in sorted(root.rglob("*.safetensors")) if root.is_dir() else []:
             card_path = path.with_suffix(".json")
             card = json.loads(card_path.read_text()) if card_path.exists() else {}

@@ -216,6 +216,10 @@ def _resolve(spec, arch, input_convention, sha256) -> Denoiser:
             )
         return _from_safetensors(path, sha256)
     path = Path(spec)
+    if not path.exists():
+        from ..model_folders import user_denoiser
+
+        path = user_denoiser(spec) or path  # a denoiser the user imported or trained, by name
     if path.exists():
         if path.suffix == ".safetensors":
             return _from_safetensors(path, sha256)
