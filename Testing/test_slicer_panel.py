@@ -84,5 +84,5 @@ def test_denoiser_list_is_the_models_list(tmp_path, monkeypatch):
         models_dir() / "denoisers" / "cnn10.safetensors", tmp_path / "denoisers" / "cnn10.safetensors"
     )
     names = [e["name"] for e in denoiser_entries()]
-    assert names == ["cnn10", "redcnn", "wganvgg", "dugan", "mine", "user/cnn10"]
+    assert names == ["cnn10", "redcnn", "wganvgg", "dugan", "user/cnn10", "mine"]
     assert "denoiserNames" in MODULE.read_text() and "denoiser_entries" in MODULE.read_text()
