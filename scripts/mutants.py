@@ -23,8 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "CTInvariances/CTInvariancesLib/"
-PLANTED = ("Testing/test_engine_training.py::"
-           "test_planted_region_that_the_denoiser_ignores_is_where_samples_vary")
+PLANTED = (
+    "Testing/test_engine_training.py::test_planted_region_that_the_denoiser_ignores_is_where_samples_vary"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,22 @@ ANALYSIS = "Testing/test_analysis.py::"
 
 MUTANTS = (
     Mutant(
+        "slicer-adapter-ignores-slice-offset",
+        "results of a --slices run are placed at the volume's first slice",
+        "CTInvariances/CTInvariancesSlicer/results.py",
+        "        m = _ijk_to_ras(input_volume_node, first)",
+        "        m = _ijk_to_ras(input_volume_node, 0)",
+        ("Testing/test_slicer_adapter.py::test_results_become_nodes_on_the_input_geometry",),
+    ),
+    Mutant(
+        "job-leaves-partial-output",
+        "a failed or cancelled main job keeps its half-written folder",
+        LIB + "job.py",
+        "    except BaseException:\n        shutil.rmtree(tmp, ignore_errors=True)\n        raise",
+        "    except BaseException:\n        raise",
+        ("Testing/test_job.py::test_cancelled_job_leaves_nothing",),
+    ),
+    Mutant(
         "analysis-reference-one-realisation",
         "method A compares x~ - x with one realisation's noise, not a difference's",
         LIB + "analysis/reference.py",
@@ -49,96 +66,119 @@ MUTANTS = (
         (ANALYSIS + "test_method_a_null_and_power",),
     ),
     Mutant(
-        "analysis-probe-erasure-before-step", "method C measures the probe before the consistency step",
+        "analysis-probe-erasure-before-step",
+        "method C measures the probe before the consistency step",
         LIB + "analysis/probes.py",
         "erasure[i] = float(((cons.samples[gi] - x)[w] * p[w]).sum()) / pp",
         "erasure[i] = float(((inserted[gi] - x)[w] * p[w]).sum()) / pp",
         (ANALYSIS + "test_probe_identity_erases_nothing",),
     ),
     Mutant(
-        "analysis-kinds-swapped", "method B calls a vanished structure appeared",
+        "analysis-kinds-swapped",
+        "method B calls a vanished structure appeared",
         LIB + "analysis/structures.py",
         'if contained(cls_s, b):\n        return "appeared"',
         'if contained(cls_s, b):\n        return "disappeared"',
         (ANALYSIS + "test_method_b_finds_a_planted_nodule",),
     ),
     Mutant(
-        "spatial-sampler-no-variation", "the spatial sampler decodes the same latent map for every sample",
+        "spatial-sampler-no-variation",
+        "the spatial sampler decodes the same latent map for every sample",
         LIB + "invariance/sampler.py",
         "v = latent_draws(stop - start, shape, seed, temperature, offset=start).to(self.device)",
         "v = latent_draws(1, shape, seed, temperature, offset=0)"
         ".expand(stop - start, -1, -1, -1).to(self.device)",
-        ("Testing/test_spatial_engine.py::test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch",),
+        (
+            "Testing/test_spatial_engine.py::test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or_batch",
+        ),
     ),
     Mutant(
-        "spatial-cinn-ignores-noise-level", "the spatial cINN drops the noise-level channel",
+        "spatial-cinn-ignores-noise-level",
+        "the spatial cINN drops the noise-level channel",
         LIB + "invariance/spatial.py",
         "fx = torch.cat([fx, noise_level_map(noise_hu, fx)], 1)",
         "fx = torch.cat([fx, noise_level_map(noise_hu, fx) * 0], 1)",
         ("Testing/test_spatial_engine.py::test_the_condition_matters_f_of_x_and_noise_level",),
     ),
     Mutant(
-        "spatial-tiles", "the spatial decoder adds a fixed 32-pixel grid pattern",
+        "spatial-tiles",
+        "the spatial decoder adds a fixed 32-pixel grid pattern",
         LIB + "invariance/spatial.py",
         "return self.out(F.silu(h)).float() + fx.float()",
         "return self.out(F.silu(h)).float() + fx.float()"
         " + 0.05 * (torch.arange(fx.shape[-1], device=fx.device) % 32 == 0)",
-        ("Testing/test_spatial_engine.py::test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid",),
+        (
+            "Testing/test_spatial_engine.py::test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid",
+        ),
     ),
     Mutant(
-        "noise-sampler-no-variation", "the noise sampler returns f(x) for every sample",
+        "noise-sampler-no-variation",
+        "the noise sampler returns f(x) for every sample",
         LIB + "invariance/sampler.py",
         "samples = fx[None] + np.float32(temperature) * noise",
         "samples = fx[None] + np.float32(0.0) * noise",
         ("Testing/test_consistency.py::test_noise_sampler_draws_noise_at_the_level_of_x",),
     ),
     Mutant(
-        "cinn-sampler-no-variation", "the learned sampler decodes the same latent for every sample",
+        "cinn-sampler-no-variation",
+        "the learned sampler decodes the same latent for every sample",
         LIB + "invariance/sampler.py",
         "z = vv if self.cinn is None else self.cinn.reverse(vv, cond)",
         "z = vv * 0 if self.cinn is None else self.cinn.reverse(vv * 0, cond)",
         ("Testing/test_bundled_engine.py::test_samples_really_vary",),
     ),
     Mutant(
-        "cinn-ignores-condition", "the cINN's embedding of f(x) is multiplied by 0",
+        "cinn-ignores-condition",
+        "the cINN's embedding of f(x) is multiplied by 0",
         LIB + "invariance/cinn.py",
         "return self.embedder(fx)",
         "return self.embedder(fx) * 0",
         (PLANTED,),
     ),
     Mutant(
-        "collapsed-posterior", "the encoder's output is ignored: q(z | x, f(x)) = N(0, I)",
+        "collapsed-posterior",
+        "the encoder's output is ignored: q(z | x, f(x)) = N(0, I)",
         LIB + "invariance/cvae.py",
         "return DiagonalGaussian(self.encoder(torch.cat([x, fx], 1)))",
         "return DiagonalGaussian(self.encoder(torch.cat([x, fx], 1)) * 0)",
         (PLANTED,),
     ),
     Mutant(
-        "no-critic-all-reduce", "data-parallel training skips the critic's gradient all-reduce",
+        "no-critic-all-reduce",
+        "data-parallel training skips the critic's gradient all-reduce",
         LIB + "training/invariance.py",
         "        ddp.all_reduce_gradients(self.critic, self.ctx)\n",
         "        pass  # mutant: no all-reduce of the critic's gradients\n",
-        ("Testing/test_engine_training.py::test_two_process_data_parallel_training_ends_with_identical_weights",),
+        (
+            "Testing/test_engine_training.py::test_two_process_data_parallel_training_ends_with_identical_weights",
+        ),
     ),
     Mutant(
-        "consistency-leaves-range", "the consistency step rescales each pixel (sign of the gradient, "
+        "consistency-leaves-range",
+        "the consistency step rescales each pixel (sign of the gradient, "
         "Adam-like): corrections leave the range of J^T",
         LIB + "invariance/consistency.py",
         "velocity = momentum * velocity + step * lin.vjp(r)",
         "velocity = momentum * velocity + step * lin.vjp(r).sign()",
-        ("Testing/test_consistency.py::test_correction_stays_in_the_range_of_the_jacobian_transpose",
-         "Testing/test_consistency.py::test_correction_has_no_component_in_a_smooth_null_space"),
+        (
+            "Testing/test_consistency.py::test_correction_stays_in_the_range_of_the_jacobian_transpose",
+            "Testing/test_consistency.py::test_correction_has_no_component_in_a_smooth_null_space",
+        ),
     ),
     Mutant(
-        "consistency-no-op", "the consistency step does not move the samples",
+        "consistency-no-op",
+        "the consistency step does not move the samples",
         LIB + "invariance/consistency.py",
         "s = (s + velocity).detach()",
         "s = s.detach()",
-        ("Testing/test_consistency.py::test_identity_denoiser_samples_are_brought_back_to_x",
-         "Testing/test_consistency.py::test_clipping_denoiser_varies_inside_the_clipped_structures_only"),
+        (
+            "Testing/test_consistency.py::test_identity_denoiser_samples_are_brought_back_to_x",
+            "Testing/test_consistency.py::test_clipping_denoiser_varies_inside_the_clipped_structures_only",
+        ),
     ),
     Mutant(
-        "fixed-tile-grid", "every sample uses the same tile grid (the seams come back)",
+        "fixed-tile-grid",
+        "every sample uses the same tile grid (the seams come back)",
         LIB + "invariance/sampler.py",
         "            if self.jitter else (0, 0)",
         "            if False else (0, 0)",
@@ -167,11 +207,20 @@ def run_mutant(m: Mutant) -> tuple[bool, float, str]:
         target.write_text(text.replace(m.old, m.new))
         from CTInvariancesLib.datasets import shared_data_dir
 
-        env = dict(os.environ, CTINVARIANCES_DATA=str(shared_data_dir()),
-                   CTINVARIANCES_CACHE=str(ROOT / ".cache"), PYTHONPATH=str(work / "CTInvariances"))
+        env = dict(
+            os.environ,
+            CTINVARIANCES_DATA=str(shared_data_dir()),
+            CTINVARIANCES_CACHE=str(ROOT / ".cache"),
+            PYTHONPATH=str(work / "CTInvariances"),
+        )
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                               *m.tests], cwd=work, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         lines = proc.stdout.strip().splitlines() or [""]
         why = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
         summary = lines[-1] + (f": {why[:90]}" if why else "")
