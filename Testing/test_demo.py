@@ -53,6 +53,6 @@ def test_demo_denoises_and_runs_the_main_job():
         for f in FILES:
             assert (run / name / f).stat().st_size > 0, f
         per_sample = list(csv.DictReader(open(run / name / "per_sample.csv")))
-        assert len(per_sample) == 8 and all(0 <= float(r["p_value"]) <= 1 for r in per_sample)
+        assert len(per_sample) == 6 and all(0 <= float(r["p_value"]) <= 1 for r in per_sample)
         assert (run / name / "report.png").stat().st_size > 50_000
     assert not any(p.name.startswith(".run.partial") for p in run.parent.iterdir())
