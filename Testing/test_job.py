@@ -72,6 +72,7 @@ def test_job_writes_every_output_per_denoiser(job):
             "summary.json",
             "metrics.json",
             "run.json",
+            "significance_maps.seq.nrrd",
         } <= files
         rows = list(csv.DictReader(open(out / name / "per_sample.csv")))
         assert len(rows) == 3 and all(0 <= float(r["p_value"]) <= 1 for r in rows)

@@ -109,6 +109,8 @@ def test_results_become_nodes_on_the_input_geometry(scene_and_input, run_dir):
     assert seq.GetNumberOfDataNodes() == K
     np.testing.assert_allclose(_matrix(seq.GetNthDataNode(0)), _matrix(node) @ shift, atol=1e-6)
     assert nodes["browser"].GetMasterSequenceNode() is seq
+    maps = nodes["significance_maps"]  # method A per sample, stepping with the samples
+    assert maps.GetNumberOfDataNodes() == K and nodes["browser"].IsSynchronizedSequenceNode(maps.GetID())
     sample0 = slicer.util.arrayFromVolume(seq.GetNthDataNode(0))
     assert np.abs(sample0 - before[FIRST : FIRST + 2]).mean() > 0.1  # a sample, not the input
     seg = nodes["segmentation"]

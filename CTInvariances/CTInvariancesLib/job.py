@@ -153,6 +153,10 @@ class _DenoiserAnalysis:
         self.refs, self.report_slices, self.should_stop = refs, set(report_slices), should_stop
         self.spacing = (float(volume.spacing[1]), float(volume.spacing[0]))
         self.freq = StreamingNrrdWriter(folder / "alteration_frequency.nrrd", volume)
+        # per sample: where it differs from x by more than noise (method A), beside samples.seq.nrrd
+        self.sig = StreamingNrrdWriter(
+            folder / "significance_maps.seq.nrrd", volume, n_items=settings.n_samples, dtype=np.uint8
+        )
         self.erasure = {p: StreamingNrrdWriter(folder / _probe_name(*p), volume) for p in settings.probes}
         self.labels = np.lib.format.open_memmap(folder / ".labels.npy", "w+", np.uint8, volume.shape)
         self.findings: list[dict] = []
@@ -168,6 +172,7 @@ class _DenoiserAnalysis:
             x, samples, sp, reference=ref, index_to_mm=lambda r, c: tuple(vol.index_to_physical(k, r, c))
         )
         self.freq.write_slice(k, a.frequency)
+        self.sig.write_slice(k, a.maps.astype(np.uint8))
         for f in b.findings:
             self.labels[k][b.labels == f.id] = 1 + KINDS.index(f.kind)
             d = f.as_dict()
@@ -241,11 +246,13 @@ class _DenoiserAnalysis:
 
     def close(self) -> None:
         self.freq.close()
+        self.sig.close()
         for w in self.erasure.values():
             w.close()
 
     def abort(self) -> None:
         self.freq.abort()
+        self.sig.abort()
         for w in self.erasure.values():
             w.abort()
 

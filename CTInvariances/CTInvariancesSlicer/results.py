@@ -213,6 +213,23 @@ def load_results(run_dir: str | Path, input_volume_node, scene=None) -> dict[str
         for node in (seq, browser):
             _place(sh, node, fitem)
         nodes["samples"], nodes["browser"] = seq, browser
+        if (folder / "significance_maps.seq.nrrd").exists():  # method A per sample, stepping with the samples
+            maps = _read_nrrd(folder / "significance_maps.seq.nrrd")
+            mseq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{base} {name} significance maps")
+            mseq.SetAttribute(RUN_ATTRIBUTE, tag)
+            mseq.SetIndexName("sample")
+            for k in range(maps.shape[0]):
+                slicer.util.updateVolumeFromArray(tmp, np.ascontiguousarray(maps[k], np.float32))
+                tmp.SetIJKToRASMatrix(m)
+                mseq.SetDataNodeAtValue(tmp, str(k))
+            browser.AddSynchronizedSequenceNode(mseq)
+            mproxy = browser.GetProxyNode(mseq)
+            if mproxy is not None:
+                mproxy.SetName(f"{base} {name} significance map")
+                mproxy.SetAttribute(RUN_ATTRIBUTE, tag)
+                _place(sh, mproxy, fitem)
+            _place(sh, mseq, fitem)
+            nodes["significance_maps"] = mseq
         for key, file, title in (
             ("std_map", "std_map.nrrd", "std map (HU)"),
             ("alteration_map", "alteration_frequency.nrrd", "alteration frequency"),
