@@ -150,12 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=CONSISTENCY_METHOD,
         help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate gradients",
     )
-    p.add_argument(
-        "--max-memory",
-        type=opt.positive_float,
-        metavar="GB",
-        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
-    )
+    _add_max_memory(p)
     p.add_argument(
         "--keep-raw",
         action="store_true",
@@ -198,12 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D_MM,C_HU",
         help="method C: erasure map of probes of this diameter and contrast (repeatable)",
     )
-    p.add_argument(
-        "--max-memory",
-        type=opt.positive_float,
-        metavar="GB",
-        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
-    )
+    _add_max_memory(p)
     p.add_argument(
         "--simulate-dose",
         type=opt.dose_fraction,
@@ -367,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", help="architecture of a .pt denoiser file whose name does not say it")
     t.add_argument("--input-convention", choices=("normalized", "hu"))
     return parser
+
+
+def _add_max_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-memory",
+        type=opt.positive_float,
+        metavar="GB",
+        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
+    )
 
 
 def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
