@@ -268,3 +268,12 @@ def test_rescale_slope_zero(ct_small, tmp_path):
 def test_bits_allocated_that_does_not_match_the_pixels(ct_small, tmp_path):
     path = _ct_slice(ct_small, tmp_path / "a.dcm", BitsAllocated=8, BitsStored=8, HighBit=7)
     assert "a.dcm" in str(_raises(path, "does not describe the pixels"))
+
+
+def test_tilted_irregular_series_kept_says_how_far_off_the_grid_is(head_dir):
+    """The head series is tilted and irregularly spaced: keeping it says so, with the distance."""
+    vol = read_volume(head_dir, tilt="keep")
+    warning = next(w for w in vol.warnings if "irregular slice spacing" in w)
+    off = float(warning.split("up to ")[1].split(" mm")[0])
+    assert off > 5.0 and "--tilt resample" in warning
+    assert len(vol.tags["slice_positions_mm"]) == vol.shape[0]

@@ -362,6 +362,15 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
             else:  # keep: sheared geometry; the k axis follows the table, exact for the acquired slices
                 direction_k = stack
                 spacing_k = float(np.linalg.norm(positions[-1] - positions[0]) / (len(slices) - 1))
+                placed = positions[0] + np.outer(np.arange(len(slices)), stack * spacing_k)
+                off = float(np.max(np.linalg.norm(positions - placed, axis=1)))
+                if off > max(0.5, 0.1 * spacing_k):
+                    # slice-wise work (the pixels of each slice) is exact; the volume's geometry is not
+                    warnings.append(
+                        f"{what} and irregular slice spacing: kept as acquired, slices sit up to "
+                        f"{off:.1f} mm from their real positions on the regular sheared grid (each "
+                        "slice's real position is in the tags); use --tilt resample for exact geometry"
+                    )
                 warnings.append(
                     f"{what}: slices kept as acquired; the volume geometry is sheared (non-orthogonal k axis)"
                 )
