@@ -150,7 +150,7 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def initializeParameterNode(self):
-        self.setParameterNode(CTInvariancesParameterNode(self.logic.getParameterNode()))
+        self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
@@ -328,10 +328,11 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def redSliceIndex(volumeNode):
-        offset = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceOffset()
+        """The volume's slice index under the red view's centre (any orientation of the view)."""
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceNode()
+        center = sliceNode.GetSliceToRAS().MultiplyPoint((0.0, 0.0, 0.0, 1.0))
         ras2ijk = vtk.vtkMatrix4x4()
         volumeNode.GetRASToIJKMatrix(ras2ijk)
-        center = [0.0, 0.0, offset, 1.0]
         k = ras2ijk.MultiplyPoint(center)[2]
         dims = volumeNode.GetImageData().GetDimensions()
         return int(min(max(round(k), 0), dims[2] - 1))
