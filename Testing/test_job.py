@@ -46,6 +46,7 @@ def job(demo_dicom, tmp_path_factory):
         "cnn10,redcnn",
         "--probe",
         "10,100",
+        "--dicom-seg",
         "--out",
         out,
         *FAST,
@@ -150,3 +151,32 @@ def test_cancelled_job_leaves_nothing(demo_dicom, tmp_path):
             should_stop=stop,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_seg_references_the_input_series(job, demo_dicom):
+    import pydicom
+
+    out, _ = job
+    seg = pydicom.dcmread(out / "cnn10" / "alterations.seg.dcm")
+    source = pydicom.dcmread(demo_dicom, stop_before_pixels=True)
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 3
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+        "alteration: appeared",
+        "alteration: disappeared",
+        "alteration: changed class",
+    ]
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    refs = {
+        r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
+    assert source.SOPInstanceUID in refs
+
+
+def test_dicom_seg_needs_dicom_input(tmp_path, demo_dicom):
+    from CTInvariancesLib.io import read_volume, write_volume
+
+    nrrd = tmp_path / "x.nrrd"
+    write_volume(read_volume(demo_dicom), nrrd)
+    proc = _cli("run", nrrd, "--denoiser", "cnn10", "--dicom-seg", "--out", tmp_path / "run", *FAST)
+    assert proc.returncode == 2 and "--dicom-seg needs DICOM input" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -91,6 +91,7 @@ class JobSettings:
     probes: list = field(default_factory=list)  # [(diameter_mm, contrast_hu)]
     report_slices: int = 3
     device: str = "cpu"
+    dicom_seg: bool = False  # also alterations.seg.dcm (DICOM SEG referencing the input series)
 
 
 def check_job_folder(out: Path, overwrite: bool) -> None:
@@ -433,6 +434,10 @@ def run_job(
             (sub / "findings.json").write_text(json.dumps(finite_json(analysis.findings), indent=1) + "\n")
             _write_csv(sub / "per_sample.csv", analysis.per_sample, PER_SAMPLE_FIELDS)
             _write_segmentation(sub / "alterations.seg.nrrd", volume, np.asarray(analysis.labels))
+            if settings.dicom_seg:
+                from .dicom_seg import write_dicom_seg
+
+                write_dicom_seg(sub / "alterations.seg.dcm", volume, np.asarray(analysis.labels))
             del analysis.labels
             (sub / ".labels.npy").unlink()
             sig = [r["significant"] for r in analysis.per_sample]

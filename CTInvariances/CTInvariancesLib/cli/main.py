@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_max_memory(p)
     p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write alterations.seg.dcm, a DICOM SEG referencing the input series (DICOM input; "
+        "needs highdicom)",
+    )
+    p.add_argument(
         "--simulate-dose",
         type=opt.dose_fraction,
         metavar="FRACTION",
@@ -901,7 +907,16 @@ def cmd_run(args) -> int:
     from ..job import check_job_folder
 
     check_job_folder(out, args.overwrite)
+    if args.dicom_seg:
+        import importlib.util
+
+        if importlib.util.find_spec("highdicom") is None:
+            raise CTInvariancesError("--dicom-seg needs the highdicom package (pip install highdicom)")
     vol = _read(args)
+    if args.dicom_seg:
+        from ..dicom_seg import source_datasets
+
+        source_datasets(vol)  # before any work: the input must be a DICOM series on its own grid
     device = resolve_device(args.device)
     if args.simulate_dose is not None:
         vol = _simulated(vol, args.simulate_dose, args.seed, device)
@@ -916,6 +931,7 @@ def cmd_run(args) -> int:
         alpha=args.alpha,
         probes=probes,
         device=device,
+        dicom_seg=args.dicom_seg,
     )
     params = {k: v for k, v in vars(args).items() if k not in ("func",)}
     with _progress(vol.shape[0] * len(dens), "run") as bar:
