@@ -293,13 +293,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
         return [e["name"] for e in denoiser_entries()]
 
     def modelsFolder(self):
-        return os.environ.get("CTINVARIANCES_USER_MODELS") or os.path.join(
-            slicer.app.slicerUserSettingsFilePath
-            and os.path.dirname(slicer.app.slicerUserSettingsFilePath)
-            or "",
-            "CTInvariances",
-            "models",
-        )
+        return os.environ.get("CTINVARIANCES_USER_MODELS") or userModelsFolder()
 
     def runParameters(self, p):
         from CTInvariancesSlicer.logic import RunParameters
@@ -382,7 +376,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
         import tempfile
 
         from CTInvariancesSlicer import volume_to_file
-        from CTInvariancesSlicer.logic import LIB_DIR
+        from CTInvariancesSlicer.logic import cli_env
 
         point = p.probePoint
         if point is None or point.GetNumberOfControlPoints() == 0:
@@ -391,29 +385,25 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
         with tempfile.TemporaryDirectory(prefix="ctinvariances-") as tmp:
             path = volume_to_file(p.inputVolume, Path(tmp) / "input.nrrd")
             denoiser = p.customDenoiserPath if p.denoiser == "custom file" else p.denoiser
-            env = {**os.environ, "PYTHONPATH": str(LIB_DIR)}
             proc = subprocess.run(
-                [
-                    pythonSlicer(),
-                    "-m",
-                    "CTInvariancesLib.cli.main",
+                self.runner.cli_command(
                     "probe",
-                    str(path),
+                    path,
                     "--denoiser",
                     denoiser,
                     "--at",
                     f"{-r},{-a},{s}",
                     "--diameter",
-                    str(p.probeDiameter),
+                    p.probeDiameter,
                     "--contrast",
-                    str(p.probeContrast),
+                    p.probeContrast,
                     "--device",
                     p.device,
                     "--json",
-                ],
+                ),
                 capture_output=True,
                 text=True,
-                env=env,
+                env=cli_env(),
             )
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["the probe failed"])[-1])

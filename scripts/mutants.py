@@ -77,8 +77,8 @@ MUTANTS = (
         "analysis-kinds-swapped",
         "method B calls a vanished structure appeared",
         LIB + "analysis/structures.py",
-        'if contained(cls_s, b):\n        return "appeared"',
-        'if contained(cls_s, b):\n        return "disappeared"',
+        'if contained(comp_s, b):\n        return "appeared"',
+        'if contained(comp_s, b):\n        return "disappeared"',
         (ANALYSIS + "test_method_b_finds_a_planted_nodule",),
     ),
     Mutant(

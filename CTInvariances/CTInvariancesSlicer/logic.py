@@ -86,6 +86,13 @@ class JobState:
         return elapsed / self.done * (self.total - self.done)
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment of a child running the command line: this one, the core library first on
+    PYTHONPATH, and ``extra``."""
+    path = os.pathsep.join([str(LIB_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def _read_lines(stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put(line.rstrip("\n"))
@@ -110,17 +117,13 @@ class CTInvariancesLogic:
         # inside Slicer: PythonSlicer (the module passes it); elsewhere this interpreter
         self.python = python or sys.executable
 
+    def cli_command(self, verb: str, *args: str) -> list[str]:
+        """``ctinvariances VERB ARGS`` for the child interpreter (the core library is on its path
+        through ``cli_env``)."""
+        return [self.python, "-m", "CTInvariancesLib.cli.main", verb, *map(str, args)]
+
     def command(self, input_path: Path, out_dir: Path, params: RunParameters) -> list[str]:
-        return [
-            self.python,
-            "-m",
-            "CTInvariancesLib.cli.main",
-            "run",
-            str(input_path),
-            "--out",
-            str(out_dir),
-            *params.arguments(),
-        ]
+        return self.cli_command("run", input_path, "--out", out_dir, *params.arguments())
 
     def start(self, input_node, params: RunParameters, work_dir: str | Path | None = None) -> JobState:
         """Write the input to a scratch folder (the node is not modified) and start the job."""
@@ -130,14 +133,7 @@ class CTInvariancesLogic:
         work.mkdir(parents=True, exist_ok=True)
         volume = volume_to_file(input_node, work / "input.nrrd")
         out = work / "run"
-        env = {
-            **os.environ,
-            "CTINVARIANCES_PROGRESS": "lines",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(LIB_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep
-            ),
-        }
+        env = cli_env(CTINVARIANCES_PROGRESS="lines", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             self.command(volume, out, params),
             stdout=subprocess.PIPE,

@@ -150,6 +150,32 @@ def _segmentation(scene, path: Path, input_node, first_slice: int, name: str, ta
     return seg_node
 
 
+def _sequence(scene, browser, ijk_to_ras, tag, sh, folder_item, path: Path, name: str, proxy_name: str):
+    """A sequence node of the items of a ``.seq.nrrd`` [K, k, j, i] on the given geometry, browsed by
+    ``browser`` (the first one is its master, later ones step with it)."""
+    items = _read_nrrd(path)
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    seq.SetAttribute(RUN_ATTRIBUTE, tag)
+    seq.SetIndexName("sample")
+    seq.SetIndexUnit("")
+    tmp = slicer.vtkMRMLScalarVolumeNode()
+    for k in range(items.shape[0]):
+        slicer.util.updateVolumeFromArray(tmp, np.ascontiguousarray(items[k], np.float32))
+        tmp.SetIJKToRASMatrix(ijk_to_ras)
+        seq.SetDataNodeAtValue(tmp, str(k))
+    if browser.GetMasterSequenceNode() is None:
+        browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    else:
+        browser.AddSynchronizedSequenceNode(seq)
+    proxy = browser.GetProxyNode(seq)
+    if proxy is not None:
+        proxy.SetName(proxy_name)
+        proxy.SetAttribute(RUN_ATTRIBUTE, tag)
+        _place(sh, proxy, folder_item)
+    _place(sh, seq, folder_item)
+    return seq
+
+
 def _denoiser_folders(run_dir: Path) -> list[Path]:
     if (run_dir / "samples.seq.nrrd").exists():
         return [run_dir]
@@ -192,44 +218,21 @@ def load_results(run_dir: str | Path, input_volume_node, scene=None) -> dict[str
                 scene, _read_nrrd(folder / "denoised.nrrd"), m, f"{base} {name} denoised", tag, fitem, sh
             )
             _colour(nodes["denoised"], "vtkMRMLColorTableNodeGrey", (-160.0, 240.0))
-        samples = _read_nrrd(folder / "samples.seq.nrrd")  # [K, k, j, i]
-        seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{base} {name} samples")
-        seq.SetAttribute(RUN_ATTRIBUTE, tag)
-        seq.SetIndexName("sample")
-        seq.SetIndexUnit("")
-        tmp = slicer.vtkMRMLScalarVolumeNode()
-        for k in range(samples.shape[0]):
-            slicer.util.updateVolumeFromArray(tmp, np.ascontiguousarray(samples[k], np.float32))
-            tmp.SetIJKToRASMatrix(m)
-            seq.SetDataNodeAtValue(tmp, str(k))
         browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{base} {name} samples browser")
         browser.SetAttribute(RUN_ATTRIBUTE, tag)
-        browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
-        proxy = browser.GetProxyNode(seq)
-        if proxy is not None:
-            proxy.SetName(f"{base} {name} sample")
-            proxy.SetAttribute(RUN_ATTRIBUTE, tag)
-            _place(sh, proxy, fitem)
-        for node in (seq, browser):
-            _place(sh, node, fitem)
-        nodes["samples"], nodes["browser"] = seq, browser
+        _place(sh, browser, fitem)
+        where = (scene, browser, m, tag, sh, fitem)
+        nodes["samples"] = _sequence(
+            *where, folder / "samples.seq.nrrd", f"{base} {name} samples", f"{base} {name} sample"
+        )
+        nodes["browser"] = browser
         if (folder / "significance_maps.seq.nrrd").exists():  # method A per sample, stepping with the samples
-            maps = _read_nrrd(folder / "significance_maps.seq.nrrd")
-            mseq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{base} {name} significance maps")
-            mseq.SetAttribute(RUN_ATTRIBUTE, tag)
-            mseq.SetIndexName("sample")
-            for k in range(maps.shape[0]):
-                slicer.util.updateVolumeFromArray(tmp, np.ascontiguousarray(maps[k], np.float32))
-                tmp.SetIJKToRASMatrix(m)
-                mseq.SetDataNodeAtValue(tmp, str(k))
-            browser.AddSynchronizedSequenceNode(mseq)
-            mproxy = browser.GetProxyNode(mseq)
-            if mproxy is not None:
-                mproxy.SetName(f"{base} {name} significance map")
-                mproxy.SetAttribute(RUN_ATTRIBUTE, tag)
-                _place(sh, mproxy, fitem)
-            _place(sh, mseq, fitem)
-            nodes["significance_maps"] = mseq
+            nodes["significance_maps"] = _sequence(
+                *where,
+                folder / "significance_maps.seq.nrrd",
+                f"{base} {name} significance maps",
+                f"{base} {name} significance map",
+            )
         for key, file, title in (
             ("std_map", "std_map.nrrd", "std map (HU)"),
             ("alteration_map", "alteration_frequency.nrrd", "alteration frequency"),

@@ -99,19 +99,14 @@ def build_reference(
     body: np.ndarray | None = None,
 ) -> NoiseReference:
     """The noise reference of slice ``x_hu`` (HU, [H, W]) with pixel spacing (row, col) in mm."""
-    from dataclasses import replace
-
-    from ..invariance.sampler import NoiseSampler
-    from ..lowdose import LowDoseSettings, LowDoseSimulator
+    from ..invariance.sampler import noise_simulator
 
     x = np.asarray(x_hu, np.float32)
     mask = flat_soft_tissue_mask(x)
     sigma = estimate_noise_hu(x, mask)
     if not np.isfinite(sigma) or sigma <= 0:
         raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
-    settings = LowDoseSettings()
-    settings = replace(settings, geometry=replace(settings.geometry, n_views=NoiseSampler.NOISE_VIEWS))
-    sim = LowDoseSimulator(settings, device=device)
+    sim = noise_simulator(device)
     seeds = [int(seed) * 7919 + 104729 + j for j in range(realisations)]
     noise = sim.noise_like(x, spacing_mm, sigma, seeds, mask).astype(np.float64)
     body = body_mask(x) if body is None else body

@@ -62,22 +62,35 @@ def tissue_classes(image_hu: np.ndarray) -> np.ndarray:
     return np.digitize(image_hu, CLASS_EDGES_HU).astype(np.int8)
 
 
-def _kind(region: np.ndarray, cls_x: np.ndarray, cls_s: np.ndarray, a: int, b: int) -> str:
+class _Components:
+    """Connected components of each class of one class map, labelled once when first asked for."""
+
+    def __init__(self, cls: np.ndarray) -> None:
+        self.cls = cls
+        self._labels: dict[int, np.ndarray] = {}
+
+    def __call__(self, c: int) -> np.ndarray:
+        if c not in self._labels:
+            self._labels[c] = ndimage.label(self.cls == c)[0]
+        return self._labels[c]
+
+
+def _kind(region: np.ndarray, comp_x: _Components, comp_s: _Components, a: int, b: int) -> str:
     """appeared: the sample's class-b structure lies (>= 80 %) inside the region, so it is new;
     disappeared: x's class-a structure lies (>= 80 %) inside it, so it is gone; else changed class."""
 
-    def contained(cls: np.ndarray, c: int) -> bool:
-        lab, _ = ndimage.label(cls == c)
-        ids = np.unique(lab[region & (cls == c)])
+    def contained(components: _Components, c: int) -> bool:
+        lab = components(c)
+        ids = np.unique(lab[region])
         ids = ids[ids > 0]
         if ids.size == 0:
             return False
         comp = np.isin(lab, ids)
         return (comp & region).sum() >= 0.8 * comp.sum()
 
-    if contained(cls_s, b):
+    if contained(comp_s, b):
         return "appeared"
-    if contained(cls_x, a):
+    if contained(comp_x, a):
         return "disappeared"
     return "changed class"
 
@@ -115,11 +128,13 @@ def structure_alterations(
     body = ref.body
     sx = smooth(x, smoothing_mm, spacing_mm)
     cls_x = tissue_classes(sx)
+    comp_x = _Components(cls_x)
     occurrences = []  # (sample, kind, a, b, mask, area, dhu)
     per_sample = []
     for k in range(s.shape[0]):
         ss = smooth(s[k], smoothing_mm, spacing_mm)
         cls_s = tissue_classes(ss)
+        comp_s = _Components(cls_s)
         diff = ss - sx
         altered = body & (cls_s != cls_x) & (np.abs(diff) > margin * level)
         mine = []
@@ -134,7 +149,7 @@ def structure_alterations(
             codes = cls_x[region].astype(np.int32) * 8 + cls_s[region]
             code = int(np.bincount(codes).argmax())
             a, b = code // 8, code % 8
-            kind = _kind(region, cls_x, cls_s, a, b)
+            kind = _kind(region, comp_x, comp_s, a, b)
             # size: the half-maximum contour of the difference (as a structure's FWHM), which does
             # not depend on where a class edge happens to cut the structure's soft edge
             near = ndimage.binary_dilation(region, iterations=3) & body

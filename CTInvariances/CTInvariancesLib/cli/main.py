@@ -518,7 +518,7 @@ def cmd_simulate(args) -> int:
     import numpy as np
 
     from ..io import write_volume
-    from ..lowdose import FanBeamGeometry, LowDoseSettings, LowDoseSimulator, slice_seed
+    from ..lowdose import FanBeamGeometry, LowDoseSettings, LowDoseSimulator
 
     if not 0.0 < args.dose < 1.0:
         raise CTInvariancesError(f"--dose {args.dose}: the dose fraction must be in (0, 1)")
@@ -532,20 +532,9 @@ def cmd_simulate(args) -> int:
         geometry=FanBeamGeometry(filter=args.filter, n_views=args.views),
     )
     sim = LowDoseSimulator(settings, device=device)
-    pixel_mm = (vol.spacing[1], vol.spacing[0])
-    result = np.empty_like(vol.array)
-    i0s = []
     with _progress(vol.shape[0], "simulate") as bar:
-        for k in range(vol.shape[0]):
-            try:
-                # seeded by the slice's index in the input, so --slices picks the same noise
-                seed = slice_seed(args.seed, vol.source_slice_indices[k])
-                result[k], i0 = sim.simulate(vol.array[k], pixel_mm, seed)
-            except ValueError as exc:
-                raise CTInvariancesError(str(exc), vol.source) from None
-            i0s.append(i0)
-            bar.update(1)
-    write_volume(vol.with_array(result), out)
+        low, i0s = _simulate_volume(vol, sim, args.seed, bar.update)
+    write_volume(low, out)
     print(f"wrote {out} ({vol.shape[0]} slices, dose {args.dose:g}, I0 {np.median(i0s):.4g} photons/ray)")
     return 0
 
@@ -875,21 +864,25 @@ def cmd_probe(args) -> int:
     return 0
 
 
-def _simulated(vol, dose: float, seed: int, device: str):
-    """``vol`` (full dose) made ``dose`` with the project's simulator, slice by slice."""
+def _simulate_volume(vol, sim, seed: int, progress=None):
+    """``vol`` (full dose) through the simulator ``sim`` slice by slice, each seeded by its index in
+    the input (so --slices picks the same noise); returns the low-dose volume and the I0 per slice."""
     import numpy as np
 
-    from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+    from ..lowdose import slice_seed
 
-    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose), device=device)
     pixel_mm = (vol.spacing[1], vol.spacing[0])
     out = np.empty_like(vol.array)
+    i0s = []
     for k in range(vol.shape[0]):
         try:
-            out[k], _ = sim.simulate(vol.array[k], pixel_mm, slice_seed(seed, vol.source_slice_indices[k]))
+            out[k], i0 = sim.simulate(vol.array[k], pixel_mm, slice_seed(seed, vol.source_slice_indices[k]))
         except ValueError as exc:
             raise CTInvariancesError(str(exc), vol.source) from None
-    return vol.with_array(out)
+        i0s.append(i0)
+        if progress:
+            progress(1)
+    return vol.with_array(out), i0s
 
 
 def cmd_run(args) -> int:
@@ -919,7 +912,10 @@ def cmd_run(args) -> int:
         source_datasets(vol)  # before any work: the input must be a DICOM series on its own grid
     device = resolve_device(args.device)
     if args.simulate_dose is not None:
-        vol = _simulated(vol, args.simulate_dose, args.seed, device)
+        from ..lowdose import LowDoseSettings, LowDoseSimulator
+
+        sim = LowDoseSimulator(LowDoseSettings(dose_fraction=args.simulate_dose), device=device)
+        vol, _ = _simulate_volume(vol, sim, args.seed)
     _check_job_size(out, vol, args.samples, len(names) * (args.samples + 4 + len(probes)), args.max_memory)
     dens = [_load_denoiser(argparse.Namespace(**{**vars(args), "denoiser": n}), device) for n in names]
     settings = JobSettings(

@@ -153,8 +153,10 @@ class InvarianceSampler:
             if isinstance(inn, SpatialCINN) != isinstance(vae, SpatialCVAE):
                 from ..errors import WeightsError
 
-                raise WeightsError("this cINN does not fit the cVAE (spatial and tiled models mixed)",
-                                   Path(inn_card.get("file", "cINN")))
+                raise WeightsError(
+                    "this cINN does not fit the cVAE (spatial and tiled models mixed)",
+                    Path(inn_card.get("file", "cINN")),
+                )
         if isinstance(vae, SpatialCVAE):
             kw = {k: v for k, v in kw.items() if k in ("amp",)}
             sampler = SpatialInvarianceSampler(den, vae, inn, device, **kw)
@@ -190,7 +192,8 @@ class InvarianceSampler:
         # fall in different places for every sample and average out (README: "Seam-free std maps").
         offsets = [
             tuple(int(o) for o in np.random.default_rng([int(seed), k, 0x7473]).integers(0, stride, 2))
-            if self.jitter else (0, 0)
+            if self.jitter
+            else (0, 0)
             for k in range(n_samples)
         ]
         # canvas: the slice (padded with air to at least one patch) plus air margins above/left and
@@ -208,14 +211,22 @@ class InvarianceSampler:
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)
         jobs, weights = [], {}
         for k, (oy, ox) in enumerate(offsets):
-            rows = _grid_starts(stride - oy, stride + ph, p, stride) if self.jitter else [
-                stride + r for r in tile_starts(ph, p, self.overlap)]
-            cols = _grid_starts(stride - ox, stride + pw, p, stride) if self.jitter else [
-                stride + c for c in tile_starts(pw, p, self.overlap)]
+            rows = (
+                _grid_starts(stride - oy, stride + ph, p, stride)
+                if self.jitter
+                else [stride + r for r in tile_starts(ph, p, self.overlap)]
+            )
+            cols = (
+                _grid_starts(stride - ox, stride + pw, p, stride)
+                if self.jitter
+                else [stride + c for c in tile_starts(pw, p, self.overlap)]
+            )
             for r in rows:
                 for c in cols:
-                    wt = np.outer(_ramp(p, self.overlap, r == rows[0], r == rows[-1]),
-                                  _ramp(p, self.overlap, c == cols[0], c == cols[-1]))
+                    wt = np.outer(
+                        _ramp(p, self.overlap, r == rows[0], r == rows[-1]),
+                        _ramp(p, self.overlap, c == cols[0], c == cols[-1]),
+                    )
                     wsum[k, r : r + p, c : c + p] += wt
                     if self.skip_air and fp[r : r + p, c : c + p].max() <= AIR_HU:
                         acc[k, r : r + p, c : c + p] += wt * xp[r : r + p, c : c + p]
@@ -225,11 +236,18 @@ class InvarianceSampler:
         if self.tile_latents == "shared":
             v_jobs = v[[k for _, k in jobs]] if jobs else v[:0]
         else:
-            v_jobs = torch.stack([
-                latent_draws(1, self.cvae.z_dim, _tile_seed(seed, slice_index, (r, c)),
-                             temperature, offset=k)[0]
-                for (r, c), k in jobs
-            ]).to(self.device) if jobs else v[:0]
+            v_jobs = (
+                torch.stack(
+                    [
+                        latent_draws(
+                            1, self.cvae.z_dim, _tile_seed(seed, slice_index, (r, c)), temperature, offset=k
+                        )[0]
+                        for (r, c), k in jobs
+                    ]
+                ).to(self.device)
+                if jobs
+                else v[:0]
+            )
 
         def place(start: int, stop: int, out: np.ndarray) -> None:
             for ((r, c), k), tile in zip(jobs[start:stop], out):
@@ -237,8 +255,11 @@ class InvarianceSampler:
                 mask[r : r + p, c : c + p] = True
 
         batch_size = _run_in_batches(
-            len(jobs), batch_size, self.device,
-            lambda a, b: self._decode_jobs(jobs[a:b], fx_t, v_jobs[a:b]), place,
+            len(jobs),
+            batch_size,
+            self.device,
+            lambda a, b: self._decode_jobs(jobs[a:b], fx_t, v_jobs[a:b]),
+            place,
         )
         inner = (slice(None), slice(stride, stride + h), slice(stride, stride + w))
         samples = (acc[inner] / wsum[inner]).astype(np.float32)
@@ -360,15 +381,9 @@ class NoiseSampler:
     def __init__(
         self, denoiser: Denoiser, device: str | torch.device = "cpu", views: int = NOISE_VIEWS
     ) -> None:
-        from dataclasses import replace
-
-        from ..lowdose import LowDoseSettings, LowDoseSimulator
-
         self.device = torch.device(device)
         self.denoiser = denoiser.to(self.device)
-        settings = LowDoseSettings()
-        settings = replace(settings, geometry=replace(settings.geometry, n_views=int(views)))
-        self.simulator = LowDoseSimulator(settings, device=str(self.device))
+        self.simulator = noise_simulator(self.device, views)
         self.cards: dict = {}
 
     def sample(
@@ -389,12 +404,26 @@ class NoiseSampler:
         mask = flat_soft_tissue_mask(x)
         sigma = estimate_noise_hu(x, mask)
         seeds = [noise_seed(seed, slice_index, k) for k in range(n_samples)]
-        noise = np.concatenate([
-            self.simulator.noise_like(fx, pixel_mm, sigma, seeds[i : i + batch_size], mask)
-            for i in range(0, n_samples, batch_size)
-        ])
+        noise = np.concatenate(
+            [
+                self.simulator.noise_like(fx, pixel_mm, sigma, seeds[i : i + batch_size], mask)
+                for i in range(0, n_samples, batch_size)
+            ]
+        )
         samples = fx[None] + np.float32(temperature) * noise
         return SliceSamples(samples=samples, denoised=fx, sampled_mask=np.ones(x.shape, bool))
+
+
+def noise_simulator(device: str | torch.device = "cpu", views: int = NoiseSampler.NOISE_VIEWS):
+    """The low-dose simulator that draws fresh noise like x's (``noise_like``): the noise sampler's,
+    also the analysis' noise reference."""
+    from dataclasses import replace
+
+    from ..lowdose import LowDoseSettings, LowDoseSimulator
+
+    settings = LowDoseSettings()
+    settings = replace(settings, geometry=replace(settings.geometry, n_views=int(views)))
+    return LowDoseSimulator(settings, device=str(device))
 
 
 def _slice_and_denoised(
