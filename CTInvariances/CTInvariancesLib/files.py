@@ -48,7 +48,11 @@ def _gb(n: float) -> str:
 
 
 def check_resources(
-    out: Path, disk_bytes: float, memory_bytes: float, max_memory_gb: float | None = None
+    out: Path,
+    disk_bytes: float,
+    memory_bytes: float,
+    max_memory_gb: float | None = None,
+    advice: str = "use fewer samples (--samples) or a smaller --batch-size",
 ) -> None:
     """Before any work: refuse, with the numbers, a job whose output does not fit on the disk of
     ``out`` or whose working memory exceeds what is available (or ``max_memory_gb``)."""
@@ -66,12 +70,12 @@ def check_resources(
     limit = max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
     if limit is not None and memory_bytes > limit:
         raise InputError(
-            f"this job needs about {_gb(memory_bytes)} of memory per slice, "
+            f"this job needs about {_gb(memory_bytes)} of memory, "
             + (
                 f"above --max-memory {max_memory_gb:g} GB"
                 if max_memory_gb is not None
                 else f"but only {_gb(limit)} are available"
             )
-            + "; use fewer samples (--samples) or a smaller --batch-size",
+            + f"; {advice}",
             out,
         )

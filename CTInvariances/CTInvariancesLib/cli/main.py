@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--filter", default="hann", choices=("ramp", "shepp-logan", "cosine", "hann"))
     p.add_argument("--views", type=opt.int_in(16, 20000), default=576, help="projection views per rotation")
+    _add_max_memory(p)
     _add_volume_args(p)
 
     p = sub.add_parser("denoise", help="denoise a CT input slice by slice")
@@ -531,6 +532,7 @@ def cmd_simulate(args) -> int:
         electronic_noise=args.electronic_noise,
         geometry=FanBeamGeometry(filter=args.filter, n_views=args.views),
     )
+    _check_simulation_size(out, vol, args.views, args.max_memory)
     sim = LowDoseSimulator(settings, device=device)
     with _progress(vol.shape[0], "simulate") as bar:
         low, i0s = _simulate_volume(vol, sim, args.seed, bar.update)
@@ -553,6 +555,7 @@ def _load_denoiser(args, device):
 
 def cmd_denoise(args) -> int:
     from ..io import write_volume
+    from ..io.volume import restore_padding, without_padding
 
     out = _check_out(args.out, args.input, args.overwrite)
     vol = _read(args)
@@ -560,7 +563,11 @@ def cmd_denoise(args) -> int:
     den = _load_denoiser(args, device)
     t0 = time.perf_counter()
     with _progress(vol.shape[0], f"denoise {den.name}") as bar:
-        result = den.denoise_slices(vol.array, batch_size=args.batch_size, progress=bar.update)
+        padding = vol.padding_mask()
+        result = den.denoise_slices(
+            without_padding(vol.array, padding), batch_size=args.batch_size, progress=bar.update
+        )
+        restore_padding(result, vol.array, padding)
     write_volume(vol.with_array(result), out)
     print(f"wrote {out} ({vol.shape[0]} slices, {den.name}, {time.perf_counter() - t0:.1f} s on {device})")
     return 0
@@ -792,6 +799,26 @@ def _check_job_size(out: Path, vol, n_samples: int, n_outputs: int, max_memory_g
     )
 
 
+def _check_simulation_size(out: Path, vol, n_views: int, max_memory_gb=None) -> None:
+    """Disk: one float32 volume; memory: input and output volumes plus one slice's projection work,
+    measured on this project's simulator (512 x 512: about 0.3 GB at 576 views, 1.1 GB at 20,000)
+    and rounded up: 1,200 bytes per pixel plus 60 kB per view per 512 detector pixels."""
+    import numpy as np
+
+    from ..files import check_resources
+
+    voxels = float(np.prod(vol.shape))
+    slice_px = float(vol.shape[1] * vol.shape[2])
+    width = max(vol.shape[1], vol.shape[2]) / 512.0
+    check_resources(
+        out,
+        disk_bytes=4 * voxels,
+        memory_bytes=8 * voxels + 1200 * slice_px + 60e3 * n_views * width,
+        max_memory_gb=max_memory_gb,
+        advice="simulate fewer slices at a time (--slices) or use fewer --views",
+    )
+
+
 def _make_sampler(args, den, device):
     """The sampler the options ask for; by default the learned engine when a cINN exists for this
     denoiser, else the training-free noise sampler."""
@@ -833,9 +860,11 @@ def cmd_probe(args) -> int:
         )
     spacing = (vol.spacing[1], vol.spacing[0])
     try:
+        from ..io.volume import without_padding
+
         res = structure_probe(
             den,
-            vol.array[kk],
+            without_padding(vol.array[kk], vol.padding_mask(kk)),
             spacing,
             [(j * spacing[0], i * spacing[1])],
             args.diameter,
@@ -869,16 +898,20 @@ def _simulate_volume(vol, sim, seed: int, progress=None):
     the input (so --slices picks the same noise); returns the low-dose volume and the I0 per slice."""
     import numpy as np
 
+    from ..io.volume import restore_padding, without_padding
     from ..lowdose import slice_seed
 
     pixel_mm = (vol.spacing[1], vol.spacing[0])
     out = np.empty_like(vol.array)
     i0s = []
     for k in range(vol.shape[0]):
+        padding, x = vol.padding_mask(k), vol.array[k]
         try:
-            out[k], i0 = sim.simulate(vol.array[k], pixel_mm, slice_seed(seed, vol.source_slice_indices[k]))
+            seed_k = slice_seed(seed, vol.source_slice_indices[k])
+            low, i0 = sim.simulate(without_padding(x, padding), pixel_mm, seed_k)
         except ValueError as exc:
             raise CTInvariancesError(str(exc), vol.source) from None
+        out[k] = restore_padding(low, x, padding)
         i0s.append(i0)
         if progress:
             progress(1)
@@ -1050,6 +1083,25 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {where}{msg[:300]} (run with --debug for details)", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        if args.debug:
+            raise
+        print(
+            "error: ran out of memory; no output was written (use fewer --samples or --slices, "
+            "a smaller --batch-size, or another machine)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a user gets one line, never a traceback
+        if args.debug:
+            raise
+        msg = " ".join(str(exc).split())[:300]
+        print(
+            f"error: unexpected {type(exc).__name__}: {msg}; no output was written (run with --debug "
+            "for the traceback and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     finally:
         if previous is not None:

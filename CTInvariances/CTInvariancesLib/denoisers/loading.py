@@ -80,10 +80,28 @@ class Denoiser:
         return self
 
     def __call__(self, x_hu: torch.Tensor) -> torch.Tensor:
-        """Denoise a batch [B, 1, H, W] in HU; returns HU."""
-        if self.input_convention == "normalized":
-            return normalized_to_hu(self.module(hu_to_normalized(x_hu)))
-        return self.module(x_hu)
+        """Denoise a batch [B, 1, H, W] in HU; returns HU. A network that raises, or returns anything
+        but one image per input of the input's size, is a one-line error naming it."""
+        from ..errors import CTInvariancesError
+
+        normalized = self.input_convention == "normalized"
+        try:
+            y = self.module(hu_to_normalized(x_hu) if normalized else x_hu)
+        except (torch.OutOfMemoryError, CTInvariancesError):
+            raise  # the sampler answers running out of memory with smaller batches
+        except Exception as exc:
+            text = " ".join(str(exc).split())[:200]
+            raise CTInvariancesError(
+                f"the denoiser raised {type(exc).__name__}: {text}", self.source or self.name
+            ) from None
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x_hu.shape):
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise CTInvariancesError(
+                f"the denoiser returned {got} for an input of shape {tuple(x_hu.shape)}: it must "
+                "return one single-channel image of the same size per input",
+                self.source or self.name,
+            )
+        return normalized_to_hu(y) if normalized else y
 
     def denoise_slices(
         self,

@@ -24,7 +24,7 @@ from .. import __version__
 from ..errors import Cancelled
 from ..files import check_can_create
 from ..io.streaming import StreamingNrrdWriter
-from ..io.volume import CTVolume
+from ..io.volume import CTVolume, restore_padding, without_padding
 from ..lowdose import estimate_noise_hu
 from ..metrics import body_mask
 from .consistency import DEFAULT_METHOD, DEFAULT_STEPS, consistency_project
@@ -128,7 +128,8 @@ def sample_volume(
         for k in range(volume.shape[0]):
             if should_stop and should_stop():
                 raise Cancelled()
-            x = volume.array[k]
+            padding = volume.padding_mask(k)
+            x = without_padding(volume.array[k], padding)  # the padding is air while working
             t = time.perf_counter()
             res = sampler.sample(
                 x,
@@ -157,11 +158,12 @@ def sample_volume(
                 samples = cons.samples
             timing["consistency_s"] += time.perf_counter() - t
             smap = std_map(samples)
-            writers["samples"].write_slice(k, samples)
-            writers["denoised"].write_slice(k, res.denoised)
-            writers["std"].write_slice(k, smap)
+            x_in = volume.array[k]  # written outputs keep the input's padding: not noised, not denoised
+            writers["samples"].write_slice(k, restore_padding(samples.copy(), x_in, padding))
+            writers["denoised"].write_slice(k, restore_padding(res.denoised.copy(), x_in, padding))
+            writers["std"].write_slice(k, np.where(padding, 0.0, smap) if padding is not None else smap)
             if "raw" in writers:
-                writers["raw"].write_slice(k, raw)
+                writers["raw"].write_slice(k, restore_padding(raw.copy(), x_in, padding))
             body = body_mask(x) & res.sampled_mask
             entry = {
                 "slice": int(volume.source_slice_indices[k]),

@@ -318,6 +318,12 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
     origin = positions[0]
     tags = ct_tags(ds0)
     tags["slice_positions_mm"] = [round(float(p), 4) for p in along]
+    padding_hu = _padding_hu(ds0)
+    padding = None
+    if padding_hu is not None:
+        tags["padding_hu"] = padding_hu[:2]
+        lo, hi, tol = padding_hu
+        padding = (array >= lo - tol) & (array <= hi + tol)
     direction_k = normal
     spacing_k = float(ds0.get("SliceThickness", 1.0) or 1.0) if len(slices) == 1 else 1.0
 
@@ -353,6 +359,11 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 )
             if tilt == "resample":
                 array, max_shift = _deshear(array, positions, row_dir, col_dir, spacing_i, spacing_j)
+                if padding is not None:  # a pixel touched by padding or shifted in from outside is padding
+                    shifted, _ = _deshear(
+                        padding.astype(np.float32), positions, row_dir, col_dir, spacing_i, spacing_j, 1.0
+                    )
+                    padding = shifted > 1e-3
                 spacing_k = float(np.median(np.diff(along)))
                 warnings.append(
                     f"{what}: each slice was shifted in-plane (up to {max_shift:.1f} mm, linear "
@@ -383,10 +394,11 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
         tags=tags,
         source=str(source),
         warnings=warnings,
+        padding=padding,
     )
 
 
-def _deshear(array, positions, row_dir, col_dir, spacing_i, spacing_j):
+def _deshear(array, positions, row_dir, col_dir, spacing_i, spacing_j, cval: float = -1024.0):
     """Shift every slice in-plane so that all share the in-plane origin of the first slice."""
     from scipy import ndimage
 
@@ -398,9 +410,29 @@ def _deshear(array, positions, row_dir, col_dir, spacing_i, spacing_j):
         max_shift = max(max_shift, math.hypot(di, dj))
         # Resampled pixel (j, i) lies at in-plane coordinates (j - dj/sj, i - di/si) of slice k.
         out[k] = ndimage.shift(
-            array[k], (dj / spacing_j, di / spacing_i), order=1, mode="constant", cval=-1024.0
+            array[k], (dj / spacing_j, di / spacing_i), order=1, mode="constant", cval=cval
         )
     return out, max_shift
+
+
+def _padding_hu(ds: pydicom.Dataset) -> list[float] | None:
+    """PixelPaddingValue (and PixelPaddingRangeLimit) as an HU range [lo, hi, tolerance]: the stored
+    values that mark pixels outside the reconstructed field of view."""
+    ppv = ds.get("PixelPaddingValue")
+    if ppv is None or ppv == "" or isinstance(ppv, bytes):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    try:
+        has_limit = limit not in (None, "") and not isinstance(limit, bytes)
+        stored = [float(ppv)] + ([float(limit)] if has_limit else [])
+    except (TypeError, ValueError):
+        return None
+    hu = [v * slope + intercept for v in stored]
+    if not all(math.isfinite(v) for v in hu):
+        return None
+    return [min(hu), max(hu), 0.5 * abs(slope)]
 
 
 def _read_pixels(paths: list[Path], source: Path) -> np.ndarray:

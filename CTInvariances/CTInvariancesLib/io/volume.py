@@ -8,6 +8,8 @@ import numpy as np
 
 from ..errors import InputError
 
+AIR_HU = -1000.0  # what padding (outside the scanned field of view) is replaced by while working
+
 
 @dataclass
 class CTVolume:
@@ -25,6 +27,8 @@ class CTVolume:
     tags: dict = field(default_factory=dict)
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    # voxels outside the reconstructed field of view (DICOM PixelPaddingValue), same shape as array
+    padding: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -36,6 +40,10 @@ class CTVolume:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = tuple(float(d) for d in self.direction)
+        if self.padding is not None:
+            self.padding = np.asarray(self.padding, dtype=bool).reshape(self.array.shape)
+            if not self.padding.any():
+                self.padding = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,6 +80,7 @@ class CTVolume:
         return replace(
             self,
             array=self.array[idx].copy(),
+            padding=None if self.padding is None else self.padding[idx],
             origin=tuple(self.index_to_physical(idx[0], 0, 0)),
             spacing=tuple(spacing),
             tags=tags,
@@ -87,6 +96,7 @@ class CTVolume:
         return replace(
             self,
             array=self.array[:, r0:r1, c0:c1].copy(),
+            padding=None if self.padding is None else self.padding[:, r0:r1, c0:c1],
             origin=tuple(self.index_to_physical(0, r0, c0)),
             tags=dict(self.tags),
             warnings=list(self.warnings),
@@ -97,6 +107,14 @@ class CTVolume:
         """Index of each slice in the volume as read (kept through ``select_slices``)."""
         return list(self.tags.get("source_slice_indices", range(self.shape[0])))
 
+    def padding_mask(self, k: int | None = None) -> np.ndarray | None:
+        """Voxels (of slice ``k``, or all) that DICOM's PixelPaddingValue marks as outside the scanned
+        field of view; None when there are none."""
+        if self.padding is None:
+            return None
+        mask = self.padding if k is None else self.padding[k]
+        return mask if mask.any() else None
+
     def with_array(self, array: np.ndarray) -> CTVolume:
         """Same geometry and tags, new voxel values (same shape)."""
         if tuple(np.shape(array)) != self.shape and not (
@@ -104,6 +122,20 @@ class CTVolume:
         ):
             raise ValueError(f"shape {np.shape(array)} does not match volume shape {self.shape}")
         return replace(self, array=array, tags=dict(self.tags), warnings=list(self.warnings))
+
+
+def without_padding(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``x`` with its padding voxels set to air, so that no network or simulator sees the padding
+    value as attenuation (a padding of -1500 or -3024 HU is not a material)."""
+    return x if mask is None else np.where(mask, np.float32(AIR_HU), x).astype(np.float32)
+
+
+def restore_padding(out: np.ndarray, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``out`` (one image or a stack of them) with the padding voxels given back the input's values:
+    padding is neither noised nor denoised."""
+    if mask is not None:
+        out[..., mask] = x[mask]
+    return out
 
 
 def parse_slices(text: str | None) -> slice:
