@@ -173,11 +173,17 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceInfoLabel.text = self.logic.detectDevice()
 
     def onApply(self):
+        from CTInvariancesSlicer.logic import InputNodeError
+
         with slicer.util.tryWithErrorDisplay("Could not start the analysis.", waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
             params = self.logic.runParameters(self._parameterNode)
-            self._job = self.logic.runner.start(self._parameterNode.inputVolume, params)
+            try:
+                self._job = self.logic.runner.start(self._parameterNode.inputVolume, params)
+            except InputNodeError as exc:  # the user's volume: a message, not a traceback dialog
+                slicer.util.errorDisplay(str(exc))
+                return
             self.ui.applyButton.enabled, self.ui.cancelButton.enabled = False, True
             self.ui.progressBar.value = 0
             self.ui.logTextEdit.clear()
@@ -266,7 +272,11 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProbe(self):
         with slicer.util.tryWithErrorDisplay("The probe failed.", waitCursor=True):
-            answer, erasure = self.logic.probe(self._parameterNode)
+            try:
+                answer, erasure = self.logic.probe(self._parameterNode)
+            except (ValueError, RuntimeError) as exc:  # the user's input or the CLI's one line
+                slicer.util.errorDisplay(f"The probe failed: {exc}")
+                return
             self.ui.probeResultLabel.text = answer
             # the short answer at the point itself, in the slice views
             p = self._parameterNode
@@ -376,8 +386,9 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
         import tempfile
 
         from CTInvariancesSlicer import volume_to_file
-        from CTInvariancesSlicer.logic import cli_env
+        from CTInvariancesSlicer.logic import check_input_node, cli_env
 
+        check_input_node(p.inputVolume)  # a ValueError with a message for the user
         point = p.probePoint
         if point is None or point.GetNumberOfControlPoints() == 0:
             raise ValueError("Place a point first.")

@@ -59,14 +59,61 @@ def half_size() -> nn.Module:
 
 
 class _RefusesPadding(nn.Module):
-    """Identity in HU that fails if it is shown anything far below air (a padding value such as
-    -1500 or -3024 HU is not a material; the tool must hand air instead)."""
+    """Adds 1 HU (in HU units) and fails if it is shown anything far below air (a padding value
+    such as -1500 or -3024 HU is not a material; the tool must hand air instead)."""
 
     def forward(self, x):
         if float(x.min()) < -1100.0:
             raise ValueError(f"saw {float(x.min()):.0f} HU: padding was not replaced by air")
-        return x
+        return x + 1.0
 
 
 def refuses_padding() -> nn.Module:
     return _RefusesPadding()
+
+
+class _SlowIdentity(nn.Module):
+    """Identity that takes a while per call: time to interrupt a run in the middle."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.3)
+        return x
+
+
+def slow_identity() -> nn.Module:
+    return _SlowIdentity()
+
+
+class _MemoryError(nn.Module):
+    def forward(self, x):
+        raise MemoryError
+
+
+def memory_error() -> nn.Module:
+    """A network that runs the machine out of memory."""
+    return _MemoryError()
+
+
+class _NotDifferentiable(nn.Module):
+    """Runs outside autograd (as a network wrapping numpy or a C library would)."""
+
+    def forward(self, x):
+        import torch
+
+        return torch.from_numpy(x.detach().cpu().numpy().copy())
+
+
+def not_differentiable() -> nn.Module:
+    return _NotDifferentiable()
+
+
+class _ReturnsTuple(nn.Module):
+    def forward(self, x):
+        return x, x.mean()
+
+
+def returns_tuple() -> nn.Module:
+    """A network that returns (image, extra) as some training code does."""
+    return _ReturnsTuple()

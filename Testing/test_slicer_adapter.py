@@ -199,3 +199,34 @@ def test_logic_failure_gives_the_cli_one_line_error(scene_and_input):
     logic.poll(job, wait=True)
     assert job.error and job.error.startswith("error:") and "\n" not in job.error
     assert "Traceback" not in "\n".join(job.log)
+
+
+def _bad_nodes(scene):
+    """Volume nodes a user can pick that hold no usable CT, with what the message must say."""
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty volume")
+    nan = np.zeros((2, 16, 16), np.float32)
+    nan[1, 3, 4] = np.nan
+    nan_node = slicer.util.addVolumeFromArray(nan, name="volume with NaN")
+    flat = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16), np.float32), name="zero spacing")
+    flat.SetSpacing(1.0, 0.0, 1.0)
+    rgb = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16, 3), np.uint8), name="colour",
+                                         nodeClassName="vtkMRMLVectorVolumeNode")
+    label = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16), np.int16), name="a labelmap",
+                                           nodeClassName="vtkMRMLLabelMapVolumeNode")
+    return [(empty, "holds no image data"), (nan_node, "1 voxels are NaN"), (flat, "spacing"),
+            (rgb, "3 components per voxel"), (label, "not a CT"), (None, "choose a CT volume")]
+
+
+def test_a_bad_volume_node_gives_a_message_and_starts_nothing(scene_and_input, tmp_path):
+    from CTInvariancesSlicer.logic import CTInvariancesLogic, InputNodeError, RunParameters
+
+    logic = CTInvariancesLogic()
+    for node, why in _bad_nodes(scene_and_input[0]):
+        work = tmp_path / f"work-{id(node)}"
+        before = None if node is None else node.GetMTime()
+        with pytest.raises(InputNodeError, match=why) as info:
+            logic.start(node, RunParameters(samples=2, device="cpu"), work_dir=work)
+        assert "\n" not in str(info.value)
+        assert node is None or node.GetName() in str(info.value)
+        assert not work.exists()  # nothing written, no child started
+        assert node is None or node.GetMTime() == before

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -44,7 +46,7 @@ def available_memory_bytes() -> int | None:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 2**30:.1f} GB"
+    return f"{n / 2**30:.1f} GB" if n >= 0.1 * 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def check_resources(
@@ -79,3 +81,36 @@ def check_resources(
             + f"; {advice}",
             out,
         )
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_sha256(path: str | Path) -> str | None:
+    """What a run record says the input was: the file's SHA-256; for a header with a detached data
+    file (.mhd, .nhdr) the hash of both; for a folder (a DICOM series) the hash of every file in it,
+    by sorted relative path and content. None when the input is gone."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+        if path.suffix.lower() in (".mhd", ".nhdr"):
+            text = path.read_text(errors="replace")
+            m = re.search(r"^\s*(?:ElementDataFile\s*=|data file:)\s*(\S+)", text, re.M | re.I)
+            if m and (path.parent / m.group(1)).is_file():
+                files.append(path.parent / m.group(1))
+        if len(files) == 1:
+            return sha256_of(path)
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path.parent if path.is_file() else path).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(sha256_of(f)))
+    return h.hexdigest()

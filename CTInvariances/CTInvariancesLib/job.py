@@ -33,7 +33,7 @@ from .analysis import (
 from .analysis.probes import NO_PROBE
 from .analysis.structures import KINDS
 from .errors import InputError
-from .files import check_can_create
+from .files import check_can_create, input_sha256
 from .invariance.consistency import DEFAULT_STEPS
 from .invariance.pipeline import finite_json, sample_volume
 from .io.streaming import StreamingNrrdWriter
@@ -502,6 +502,7 @@ def run_job(
             "denoisers": [d.describe() for d in denoisers],
             "input": {
                 "source": volume.source,
+                "sha256": input_sha256(volume.source) if volume.source else None,
                 "shape_kji": list(volume.shape),
                 "slices": volume.source_slice_indices,
             },

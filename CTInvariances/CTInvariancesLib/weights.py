@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -12,18 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
-from .files import default_file_mode
+from .files import default_file_mode, sha256_of  # noqa: F401 - sha256_of re-exported
 from .model_folders import models_dir, user_models_dir  # noqa: F401 - re-exported
 
 CARD_SUFFIX = ".json"
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str | None) -> str:

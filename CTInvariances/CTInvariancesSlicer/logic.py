@@ -26,6 +26,45 @@ from pathlib import Path
 LIB_DIR = Path(__file__).resolve().parents[1]  # the folder holding CTInvariancesLib
 
 
+class InputNodeError(ValueError):
+    """The chosen volume node holds no usable CT; the message names the node and says why."""
+
+
+def check_input_node(node) -> None:
+    """What the CLI checks of a file, checked on the node before anything is written or started:
+    a scalar volume with image data, finite voxels, a positive spacing and a usable orientation."""
+    import numpy as np
+
+    if node is None:
+        raise InputNodeError("choose a CT volume first")
+    name = node.GetName() or node.GetID()
+    if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputNodeError(f"'{name}' is a {node.GetClassName()}, not a CT (scalar) volume")
+    image = node.GetImageData()
+    if image is None or 0 in image.GetDimensions():
+        raise InputNodeError(f"'{name}' holds no image data (empty or not loaded yet)")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputNodeError(
+            f"'{name}' has {image.GetNumberOfScalarComponents()} components per voxel: a CT image has one"
+        )
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    values = vtk_to_numpy(image.GetPointData().GetScalars())
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise InputNodeError(f"'{name}': {bad} voxels are NaN or infinite: not a usable CT image")
+    spacing = np.asarray(node.GetSpacing(), dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputNodeError(f"'{name}': voxel spacing {tuple(spacing)} is not positive and finite")
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASDirectionMatrix(m)
+    d = np.array([[m.GetElement(r, c) for c in range(3)] for r in range(3)])
+    if not (np.isfinite(d).all() and abs(np.linalg.det(d)) > 1e-6):
+        raise InputNodeError(f"'{name}': the image orientation is degenerate")
+
+
 @dataclass
 class RunParameters:
     denoisers: list = field(default_factory=lambda: ["cnn10"])
@@ -126,9 +165,11 @@ class CTInvariancesLogic:
         return self.cli_command("run", input_path, "--out", out_dir, *params.arguments())
 
     def start(self, input_node, params: RunParameters, work_dir: str | Path | None = None) -> JobState:
-        """Write the input to a scratch folder (the node is not modified) and start the job."""
+        """Write the input to a scratch folder (the node is not modified) and start the job. A node
+        that holds no usable CT raises :class:`InputNodeError` (a message for the user) first."""
         from .results import volume_to_file
 
+        check_input_node(input_node)
         work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="ctinvariances-"))
         work.mkdir(parents=True, exist_ok=True)
         volume = volume_to_file(input_node, work / "input.nrrd")

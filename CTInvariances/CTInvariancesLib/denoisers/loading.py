@@ -87,7 +87,7 @@ class Denoiser:
         normalized = self.input_convention == "normalized"
         try:
             y = self.module(hu_to_normalized(x_hu) if normalized else x_hu)
-        except (torch.OutOfMemoryError, CTInvariancesError):
+        except (torch.OutOfMemoryError, MemoryError, CTInvariancesError):
             raise  # the sampler answers running out of memory with smaller batches
         except Exception as exc:
             text = " ".join(str(exc).split())[:200]
@@ -179,7 +179,11 @@ def load_published_checkpoint(path: str | Path, arch: str, expected_sha256: str 
         with _allow_namespace():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"not a loadable torch checkpoint ({str(exc).splitlines()[0]})", path) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Weights only load failed" in first:
+            # torch's own text advises weights_only=False, i.e. running the file's code: never
+            first = "it holds Python objects besides tensors, and loading those could run code; refused"
+        raise WeightsError(f"not a loadable torch checkpoint ({first})", path) from None
     state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise WeightsError("has no model_state_dict", path)

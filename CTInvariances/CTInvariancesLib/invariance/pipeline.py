@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import Cancelled
-from ..files import check_can_create
+from ..files import check_can_create, input_sha256
 from ..io.streaming import StreamingNrrdWriter
 from ..io.volume import CTVolume, restore_padding, without_padding
 from ..lowdose import estimate_noise_hu
@@ -273,6 +273,7 @@ def _run_record(volume, sampler, n_samples, seed, temperature, batch_size, param
         "device": str(sampler.device),
         "input": {
             "source": volume.source,
+            "sha256": input_sha256(volume.source) if volume.source else None,
             "shape_kji": list(volume.shape),
             "slices": volume.source_slice_indices,
         },

@@ -19,6 +19,9 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)  # our own warnings say it, on
 
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+# what any CT holds in HU, generously: air (and padding values such as -3024) to dense metal with
+# an extended CT scale; outside it the file holds something else (raw data, another unit)
+HU_PLAUSIBLE = (-10000.0, 100000.0)
 
 
 def _suffix(path: Path) -> str:
@@ -29,9 +32,7 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_volume(
-    path: str | Path, series_uid: str | None = None, tilt: str = "resample"
-) -> CTVolume:
+def read_volume(path: str | Path, series_uid: str | None = None, tilt: str = "resample") -> CTVolume:
     """Read a CT volume in HU from a DICOM folder, a DICOM file, NRRD, NIfTI or MetaImage.
 
     Raises :class:`InputError` naming the file and the problem for anything unusable.
@@ -49,9 +50,7 @@ def read_volume(
     if suffix == ".dcm" or is_dicom_file(path):
         return _checked(read_dicom_file(path), path)
     raise InputError(
-        "unsupported file type: give a DICOM folder or file, or a "
-        + ", ".join(IMAGE_SUFFIXES)
-        + " image",
+        "unsupported file type: give a DICOM folder or file, or a " + ", ".join(IMAGE_SUFFIXES) + " image",
         path,
     )
 
@@ -89,9 +88,151 @@ def _check_header(path: Path, suffix: str) -> None:
             raise InputError("MetaImage header has no ElementDataFile line", path)
         ref = m.group(1).split()[0]
         if ref.upper() not in ("LOCAL", "LIST") and "%" not in ref:
+            _check_inside(path, ref, "MetaImage")
             data = path.parent / ref
             if not data.exists():
                 raise InputError(f"MetaImage data file '{ref}' is missing next to the header", path)
+    _check_data_size(path, suffix)
+
+
+def _check_inside(header: Path, ref: str, kind: str) -> None:
+    """A header whose data file lies outside the header's folder is refused: a file sent to a user
+    must not make the tool read something else on their machine."""
+    folder = header.parent.resolve()
+    target = (header.parent / ref).resolve()
+    if Path(ref).is_absolute() or folder not in target.parents:
+        raise InputError(
+            f"{kind} data file '{ref}' lies outside the header's folder: refused (copy the data file "
+            "next to the header and name it without a path)",
+            header,
+        )
+
+
+_NRRD_BYTES = {
+    1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t", "char"),
+    2: (
+        "short",
+        "short int",
+        "signed short",
+        "signed short int",
+        "int16",
+        "int16_t",
+        "ushort",
+        "unsigned short",
+        "unsigned short int",
+        "uint16",
+        "uint16_t",
+    ),
+    4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"),
+    8: (
+        "longlong",
+        "long long",
+        "long long int",
+        "signed long long",
+        "signed long long int",
+        "int64",
+        "int64_t",
+        "ulonglong",
+        "unsigned long long",
+        "unsigned long long int",
+        "uint64",
+        "uint64_t",
+        "double",
+    ),
+}
+_MET_BYTES = {
+    "MET_UCHAR": 1,
+    "MET_CHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+}
+
+
+def _header_fields(path: Path, suffix: str) -> tuple[dict, int]:
+    """Header fields (lower-case keys) and the byte offset where attached data starts."""
+    fields: dict[str, str] = {}
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            offset += len(raw)
+            line = raw.decode("latin-1").strip()
+            if suffix in (".nrrd", ".nhdr"):
+                if not line:
+                    break
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith("#"):
+                    fields[key.strip().lower()] = value.lstrip("=").strip()
+            else:
+                key, sep, value = line.partition("=")
+                if sep:
+                    fields[key.strip().lower()] = value.strip()
+                if key.strip().lower() == "elementdatafile" or offset > 65536:
+                    break
+    return fields, offset
+
+
+def _check_data_size(path: Path, suffix: str) -> None:
+    """Before ITK reads (and allocates): the image the header promises must fit in memory, and
+    uncompressed data must be as long as the header says (ITK would fill the rest with zeros)."""
+    from ..files import _gb, available_memory_bytes
+
+    if suffix not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return
+    fields, offset = _header_fields(path, suffix)
+    try:
+        if suffix in (".nrrd", ".nhdr"):
+            dims = [int(v) for v in fields["sizes"].split()]
+            kind = fields["type"].lower()
+            size = next((n for n, names in _NRRD_BYTES.items() if kind in names), None)
+            encoding = fields.get("encoding", "raw").lower()
+            compressed = encoding not in ("raw",)
+            ref = fields.get("data file") or fields.get("datafile")
+            skips = "byte skip" in fields or "line skip" in fields or "byteskip" in fields
+        else:
+            dims = [int(v) for v in fields["dimsize"].split()]
+            size = _MET_BYTES.get(fields.get("elementtype", "").upper())
+            size = size * int(fields.get("elementnumberofchannels", 1)) if size else None
+            compressed = fields.get("compresseddata", "false").lower() == "true"
+            ref = fields.get("elementdatafile")
+            skips = "headersize" in fields
+    except (KeyError, ValueError):
+        return  # ITK says what is wrong with the header
+    if size is None or not dims or min(dims) < 1:
+        return
+    expected = float(np.prod(np.asarray(dims, dtype=np.float64))) * size
+    limit = available_memory_bytes()
+    if limit is not None and 2 * expected > limit:
+        raise InputError(
+            f"the header promises a {' x '.join(map(str, dims))} image ({_gb(expected)}), more than "
+            f"this machine can hold ({_gb(limit)} available)",
+            path,
+        )
+    if compressed or skips:
+        return  # compressed streams are checked to their end in _check_complete
+    if ref is None or ref.upper() == "LOCAL":
+        available = path.stat().st_size - offset
+    elif ref.upper() in ("LIST",) or "%" in ref or ref.startswith("LIST"):
+        return
+    else:
+        _check_inside(path, ref.split()[0], "NRRD" if suffix in (".nrrd", ".nhdr") else "MetaImage")
+        data = path.parent / ref.split()[0]
+        if not data.is_file():
+            raise InputError(f"data file '{ref}' is missing next to the header", path)
+        available = data.stat().st_size
+    if available < expected:
+        raise InputError(
+            f"holds {available} bytes of image data where its header promises {int(expected)} "
+            f"({' x '.join(map(str, dims))}): the file is truncated",
+            path,
+        )
 
 
 def _check_complete(path: Path, suffix: str) -> None:
@@ -154,6 +295,12 @@ def _read_itk_image(path: Path, suffix: str) -> CTVolume:
         spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     vol = CTVolume(arr, spacing, origin, direction, tags={}, source=str(path))
     lo, hi = float(arr.min()), float(arr.max())
+    if np.isfinite([lo, hi]).all() and (lo < HU_PLAUSIBLE[0] or hi > HU_PLAUSIBLE[1]):
+        raise InputError(
+            f"values range {lo:.4g} to {hi:.4g}: not CT numbers in HU (expected within "
+            f"{HU_PLAUSIBLE[0]:.0f} to {HU_PLAUSIBLE[1]:.0f})",
+            path,
+        )
     if lo > -500.0 and hi > 800.0:
         vol.warnings.append(
             f"values range {lo:.0f} to {hi:.0f}: no air near -1000 HU; is this HU+1024 (or +1000) "
