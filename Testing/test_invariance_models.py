@@ -170,3 +170,37 @@ def test_import_published_converts_a_file_in_the_published_layout(tmp_path, monk
         assert torch.equal(inn.reverse(v, fx), inn2.reverse(v, fx))
         z = inn.reverse(v, fx)
         assert torch.equal(vae.decode(z, fx), vae2.decode(z, fx))
+
+
+def test_import_published_copies_the_published_denoisers_where_the_panel_lists_them(tmp_path, monkeypatch):
+    """ldct-benchmark's <name>.pt, hash-checked, lands in the user's denoisers folder: `models list`
+    and the Slicer panel (both model_folders.denoiser_entries) offer it as user/<name>."""
+    import argparse
+
+    from CTInvariancesLib.denoisers import build_denoiser, load_denoiser, loading
+    from CTInvariancesLib.model_folders import denoiser_entries
+    from CTInvariancesLib.weights import sha256_of
+
+    downloads = tmp_path / "dl"
+    downloads.mkdir()
+    torch.manual_seed(0)
+    net = build_denoiser("cnn10")
+    ckpt = {"args": argparse.Namespace(lr=1e-4), "iteration": 7, "model_state_dict": net.state_dict()}
+    torch.save(ckpt, downloads / "cnn10.pt")
+    user = tmp_path / "user-models"
+    monkeypatch.setenv("CTINVARIANCES_USER_MODELS", str(user))
+    with pytest.raises(WeightsError, match="SHA-256 mismatch") as err:  # not the published file
+        import_published(downloads)
+    assert "cnn10.pt" in str(err.value) and not (user / "denoisers" / "cnn10.pt").exists()
+    monkeypatch.setitem(loading.PUBLISHED_SHA256, "cnn10", sha256_of(downloads / "cnn10.pt"))
+    written = import_published(downloads)
+    assert written == [user / "denoisers" / "cnn10.pt"]
+    assert not list((user / "denoisers").glob("*.partial"))
+    entry = next(e for e in denoiser_entries() if e["where"] == "user")
+    assert entry["name"] == "user/cnn10" and entry["path"] == str(written[0])
+    den = load_denoiser("user/cnn10")
+    x = torch.randn(1, 1, 32, 32) * 100
+    net.eval()
+    with torch.no_grad():
+        expected = loading.normalized_to_hu(net(loading.hu_to_normalized(x)))
+        assert torch.allclose(den(x), expected)

@@ -206,7 +206,10 @@ MUTANTS = (
         LIB + "io/readers.py",
         "    if available < expected:",
         "    if False:",
-        ("Testing/test_adversarial.py::test_case[input-truncated-mha]", "Testing/test_adversarial.py::test_case[input-mhd-short-data]"),
+        (
+            "Testing/test_adversarial.py::test_case[input-truncated-mha]",
+            "Testing/test_adversarial.py::test_case[input-mhd-short-data]",
+        ),
     ),
     Mutant(
         "user-network-exception-escapes",

@@ -245,10 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser(
         "import-published",
         help="convert the published ldct-invariances <name>-vae.pt / <name>-cinn.pt "
-        "(hash-checked) to safetensors",
+        "(hash-checked) to safetensors; copy published denoisers <name>.pt to the user's denoisers",
     )
     m.add_argument("--dir", required=True, help="folder holding the downloaded .pt files")
-    m.add_argument("--out", help="destination (default: <user models folder>/published/<name>/)")
+    m.add_argument(
+        "--out", help="destination (default: the user models folder: published/<name>/ and denoisers/)"
+    )
     m = msub.add_parser("list", help="list the bundled and imported models with their hashes")
 
     p = sub.add_parser("train", help="train a model")

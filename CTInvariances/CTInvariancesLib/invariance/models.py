@@ -189,7 +189,12 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
     out_root = Path(out) if out else user_models_dir() / "published"
     written: list[Path] = []
     wanted = names or ("cnn10", "redcnn", "wganvgg", "dugan")
-    found_any = False
+    # the published denoisers themselves (ldct-benchmark's <name>.pt): hash-checked and copied to the
+    # user's denoisers folder, where the panel and `models list` find them (as user/<name>)
+    written += _import_published_denoisers(
+        folder, (Path(out) if out else user_models_dir()) / "denoisers", wanted
+    )
+    found_any = bool(written)
     for name in wanted:
         vae_file, cinn_file = folder / f"{name}-vae.pt", folder / f"{name}-cinn.pt"
         if not vae_file.exists() and not cinn_file.exists():
@@ -229,7 +234,35 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
         )
         written += [vae_path, cinn_path]
     if not found_any:
-        raise WeightsError("no published <denoiser>-vae.pt / <denoiser>-cinn.pt files in this folder", folder)
+        raise WeightsError(
+            "no published <denoiser>.pt, <denoiser>-vae.pt or <denoiser>-cinn.pt files in this folder", folder
+        )
+    return written
+
+
+def _import_published_denoisers(folder: Path, dest: Path, names) -> list[Path]:
+    import os
+    import shutil
+    import tempfile
+
+    from ..denoisers.loading import PUBLISHED_SHA256 as DENOISER_SHA256
+
+    written = []
+    for name in names:
+        src = folder / f"{name}.pt"
+        if not src.exists() or name not in DENOISER_SHA256:
+            continue
+        verify_sha256(src, DENOISER_SHA256[name])
+        dest.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest / f"{name}.pt")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(dest / f"{name}.pt")
     return written
 
 
