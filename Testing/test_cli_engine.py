@@ -39,8 +39,23 @@ def tiny_models(tmp_path_factory) -> Path:
 
 
 def _sample(ct_small, models, out, *extra):
-    return run("sample", str(ct_small), "--denoiser", "cnn10", "--cvae", str(models), "--samples", "3",
-               "--seed", "4", "--out", str(out), "--device", "cpu", *extra)
+    return run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(models),
+        "--samples",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 def test_sample_writes_the_run_folder(tiny_models, ct_small, tmp_path):
@@ -69,8 +84,9 @@ def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp
     proc = _sample(ct_small, tiny_models, out, "--denoiser", "redcnn")
     assert_one_line_error(proc, "cinn-redcnn.safetensors", "not found")
     assert not out.exists()
-    assert_one_line_error(_sample(ct_small, tiny_models, out, "--samples", "0"),
-                          "--samples", "0 is out of range")
+    assert_one_line_error(
+        _sample(ct_small, tiny_models, out, "--samples", "0"), "--samples", "0 is out of range"
+    )
     assert_one_line_error(_sample(ct_small, tmp_path / "nope", out), "cVAE weights not found")
     ok = _sample(ct_small, tiny_models, out, "--samples", "1", "--no-check")
     assert ok.returncode == 0, ok.stderr
@@ -79,8 +95,23 @@ def test_sample_errors_are_one_line_and_write_nothing(tiny_models, ct_small, tmp
 
 def test_noise_sampler_with_consistency_keeps_raw_samples_on_request(ct_small, tmp_path):
     out = tmp_path / "n"
-    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--sampler", "noise", "--samples", "4",
-               "--consistency", "3", "--keep-raw", "--out", str(out), "--device", "cpu")
+    proc = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--sampler",
+        "noise",
+        "--samples",
+        "4",
+        "--consistency",
+        "3",
+        "--keep-raw",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fresh-noise reference" in proc.stdout and "raw:" in proc.stdout
     raw, _ = nrrd.read(str(out / "samples_raw.seq.nrrd"))
@@ -92,13 +123,29 @@ def test_noise_sampler_with_consistency_keeps_raw_samples_on_request(ct_small, t
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["sampler"] == "noise" and run_json["consistency"] == {"steps": 3, "method": "gd"}
     plain = tmp_path / "p"
-    proc = run("sample", str(ct_small), "--denoiser", "cnn10", "--sampler", "noise", "--samples", "2",
-               "--consistency", "0", "--keep-raw", "--out", str(plain), "--device", "cpu")
+    proc = run(
+        "sample",
+        str(ct_small),
+        "--denoiser",
+        "cnn10",
+        "--sampler",
+        "noise",
+        "--samples",
+        "2",
+        "--consistency",
+        "0",
+        "--keep-raw",
+        "--out",
+        str(plain),
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert not (plain / "samples_raw.seq.nrrd").exists()  # raw samples are the samples
     assert "fidelity_raw" not in json.loads((plain / "metrics.json").read_text())
-    bad = run("sample", str(ct_small), "--denoiser", "cnn10", "--consistency", "-1", "--out",
-              str(tmp_path / "b"))
+    bad = run(
+        "sample", str(ct_small), "--denoiser", "cnn10", "--consistency", "-1", "--out", str(tmp_path / "b")
+    )
     assert_one_line_error(bad, "--consistency", "-1 is out of range")
 
 
@@ -118,6 +165,55 @@ def test_models_list_shows_bundled_models():
 
 
 def test_train_cinn_refuses_a_missing_cvae(tmp_path):
-    proc = run("train", "cinn", "--denoiser", "cnn10", "--cvae", str(tmp_path / "none"),
-               "--out", str(tmp_path / "o"), "--device", "cpu")
+    proc = run(
+        "train",
+        "cinn",
+        "--denoiser",
+        "cnn10",
+        "--cvae",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(proc, "cVAE weights not found")
+
+
+def test_models_install_puts_a_denoiser_where_list_and_the_panel_find_it(tmp_path, monkeypatch, capsys):
+    from CTInvariancesLib.cli.main import main
+    from CTInvariancesLib.model_folders import denoiser_entries, models_dir
+
+    user = tmp_path / "user-models"
+    monkeypatch.setenv("CTINVARIANCES_USER_MODELS", str(user))
+    bundled = models_dir() / "denoisers" / "cnn10.safetensors"
+    assert main(["models", "install", str(bundled), "--name", "mine"]) == 0
+    assert "--denoiser mine" in capsys.readouterr().out
+    assert {
+        "name": "mine",
+        "path": str(user / "denoisers" / "mine.safetensors"),
+        "where": "user",
+    } in denoiser_entries()
+    assert (user / "denoisers" / "mine.json").exists() and not list((user / "denoisers").glob(".*partial"))
+    assert main(["models", "list"]) == 0 and "mine" in capsys.readouterr().out
+    assert main(["models", "install", str(bundled), "--name", "mine"]) == 2  # kept unless --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["models", "install", str(bundled), "--name", "../evil"]) == 2
+    assert "model name" in capsys.readouterr().err and not (user / "evil.safetensors").exists()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(bundled.read_bytes()[:-10] + b"0123456789")
+    (tmp_path / "broken.json").write_bytes(bundled.with_suffix(".json").read_bytes())
+    assert main(["models", "install", str(broken)]) == 2  # does not load: not offered
+    assert "SHA-256" in capsys.readouterr().err and not (user / "denoisers" / "broken.safetensors").exists()
+
+
+def test_train_install_name_is_checked_before_any_training(tmp_path, monkeypatch, capsys):
+    from CTInvariancesLib.cli.main import main
+
+    monkeypatch.setenv("CTINVARIANCES_USER_MODELS", str(tmp_path / "user"))
+    (tmp_path / "user" / "denoisers").mkdir(parents=True)
+    (tmp_path / "user" / "denoisers" / "taken.pt").write_bytes(b"x")
+    for name, why in (("a/b", "model name"), ("taken", "exists")):
+        args = ["train", "denoiser", "--arch", "cnn10", "--out", str(tmp_path / "run"), "--install", name]
+        assert main(args + ["--steps", "1", "--device", "cpu"]) == 2
+        assert why in capsys.readouterr().err and not (tmp_path / "run").exists()

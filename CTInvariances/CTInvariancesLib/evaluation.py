@@ -56,7 +56,8 @@ def evaluate_denoiser(
         result[key] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
         result[f"{key}_by_series"] = {
             g: {k: float(np.mean([per[i][k] for i in idx])) for k in per[0]}
-            for g, idx in groups.items() if g != "all"
+            for g, idx in groups.items()
+            if g != "all"
         }
     for suffix in ("", "_whole_slice"):
         result[f"psnr_gain_db{suffix}"] = (

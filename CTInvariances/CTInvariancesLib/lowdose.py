@@ -128,7 +128,7 @@ def _filter_kernel(geometry: FanBeamGeometry, device) -> torch.Tensor:
     odd = (n.abs() % 2) == 1
     g[odd] = -1.0 / (2 * math.pi**2 * torch.sin(n[odd] * alpha) ** 2)
     kernel = torch.zeros(n_fft, dtype=torch.float64)
-    kernel[: C] = g[C - 1 :]  # n = 0 .. C-1
+    kernel[:C] = g[C - 1 :]  # n = 0 .. C-1
     kernel[-(C - 1) :] = g[: C - 1]  # n = -(C-1) .. -1 (circular layout)
     H = torch.fft.rfft(kernel).real * alpha  # real, even kernel
     f = torch.fft.rfftfreq(n_fft)  # cycles per sample, 0 .. 0.5
@@ -283,9 +283,7 @@ class LowDoseSimulator:
         self.settings = settings or LowDoseSettings()
         self.device = torch.device(device)
         if not 0.0 < self.settings.dose_fraction < 1.0:
-            raise ValueError(
-                f"dose fraction must be in (0, 1), got {self.settings.dose_fraction}"
-            )
+            raise ValueError(f"dose fraction must be in (0, 1), got {self.settings.dose_fraction}")
 
     def _noise_image(self, p, shape, pixel_mm, a, i0, seed) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed))
@@ -330,9 +328,7 @@ class LowDoseSimulator:
         """The noise image alone (HU) for a given I0; for calibration and tests."""
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
-        return self._noise_image(
-            p, hu.shape, pixel_mm, self.settings.dose_fraction, i0, seed
-        ).cpu().numpy()
+        return self._noise_image(p, hu.shape, pixel_mm, self.settings.dose_fraction, i0, seed).cpu().numpy()
 
     def noise_like(
         self,
@@ -351,10 +347,12 @@ class LowDoseSimulator:
         """
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
-        sinos = torch.stack([
-            noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, torch.Generator().manual_seed(int(sd)))
-            for sd in seeds
-        ])
+        sinos = torch.stack(
+            [
+                noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, torch.Generator().manual_seed(int(sd)))
+                for sd in seeds
+            ]
+        )
         noise = mu_to_hu_delta(fbp(sinos.to(self.device), hu.shape, pixel_mm, self.settings.geometry))
         noise = noise.cpu().numpy().astype(np.float32)
         if mask is None:

@@ -42,8 +42,6 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "Resources" / "Models"
 
 
-
-
 def denoiser_entries() -> list[dict]:
     """The denoisers a user can pick by name: the bundled four, then those in the user folder
     (name: the file's stem; ``user/<stem>`` where it would hide a bundled one)."""
@@ -68,3 +66,56 @@ def user_denoiser(name: str) -> Path | None:
         if e["where"] == "user" and e["name"] == name:
             return Path(e["path"])
     return None
+
+
+def check_model_name(name: str) -> str:
+    """A name a model can be installed and picked by (a file stem without surprises)."""
+    import re
+
+    from .errors import InputError
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise InputError(f"model name {name!r}: use letters, digits, '_', '-' and '.' (at most 64)")
+    return name
+
+
+def install_denoiser(
+    src: str | Path, name: str | None = None, overwrite: bool = False, folder: str | Path | None = None
+) -> Path:
+    """Copy a denoiser file (``.safetensors`` with its ``.json`` card, or a ``.pt``) into the user's
+    denoisers folder as ``<name>``, where `models list` and the Slicer panel offer it. Check that it
+    loads before calling this; the copy is atomic and an existing model is kept unless ``overwrite``."""
+    import shutil
+    import tempfile
+
+    from .errors import InputError
+    from .files import default_file_mode
+
+    src = Path(src)
+    if src.suffix not in (".safetensors", ".pt"):
+        raise InputError("install takes a .safetensors (with its .json card) or a .pt denoiser", src)
+    name = check_model_name(name or src.stem)
+    dest_dir = Path(folder) if folder is not None else user_models_dir() / "denoisers"
+    files = [(src, dest_dir / f"{name}{src.suffix}")]
+    if src.suffix == ".safetensors":
+        files.append((src.with_suffix(".json"), dest_dir / f"{name}.json"))
+    for _, dest in files:
+        if dest.exists() and not overwrite:
+            raise InputError(
+                f"a user denoiser '{name}' exists; choose another --name or give --overwrite", dest
+            )
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    try:
+        for source, dest in files:
+            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".partial")
+            os.close(fd)
+            done.append(Path(tmp))
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, default_file_mode())  # mkstemp's files are private
+        for (_, dest), tmp in zip(files, done):
+            os.replace(tmp, dest)
+    finally:
+        for tmp in done:
+            tmp.unlink(missing_ok=True)
+    return files[0][1]

@@ -42,9 +42,7 @@ def read_card(weights_path: str | Path) -> dict:
         raise WeightsError(f"model card is not valid JSON ({exc})", card_path) from None
 
 
-def save_weights_with_card(
-    state_dict: dict[str, torch.Tensor], path: str | Path, card: dict
-) -> Path:
+def save_weights_with_card(state_dict: dict[str, torch.Tensor], path: str | Path, card: dict) -> Path:
     """Write ``path`` (.safetensors) and its card (.json) atomically; the card records the hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

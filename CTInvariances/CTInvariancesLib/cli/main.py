@@ -252,12 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="destination (default: the user models folder: published/<name>/ and denoisers/)"
     )
     m = msub.add_parser("list", help="list the bundled and imported models with their hashes")
+    m = msub.add_parser(
+        "install", help="add a denoiser file to the user models folder (then listed, and in the Slicer panel)"
+    )
+    m.add_argument("file", help="a .safetensors (with its .json card) or a .pt denoiser")
+    m.add_argument("--name", help="the name to pick it by (default: the file's stem)")
+    m.add_argument("--arch", help="architecture of a .pt file whose name does not say it")
+    m.add_argument("--overwrite", action="store_true", help="replace a user denoiser of that name")
 
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     t = tsub.add_parser("denoiser", help="train cnn10, redcnn, wganvgg or dugan on simulated pairs")
     t.add_argument("--arch", required=True, choices=("cnn10", "redcnn", "wganvgg", "dugan"))
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, final weights)")
+    t.add_argument(
+        "--install", metavar="NAME", help="also add the trained weights to the user models folder as NAME"
+    )
     t.add_argument("--width", type=opt.int_in(1, 1024), help="channel width (default: the published one)")
     t.add_argument("--steps", type=opt.positive_int, default=2000)
     t.add_argument("--batch-size", type=opt.positive_int, default=16)
@@ -646,9 +656,32 @@ def cmd_train(args) -> int:
         relative_from=args.relative_from,
         init=args.init,
     )
+    if args.install:
+        _check_install_name(args.install)
     path = DenoiserTrainer(cfg, device=resolve_device(args.device)).run(progress=sys.stderr.isatty())
     print(f"wrote {path}")
+    if args.install:
+        _install(path, args.install)
     return 0
+
+
+def _check_install_name(name: str) -> None:
+    """Before any work: the name is usable and free."""
+    from ..model_folders import check_model_name, user_models_dir
+
+    existing = list((user_models_dir() / "denoisers").glob(f"{check_model_name(name)}.*"))
+    if existing:
+        raise CTInvariancesError(f"a user denoiser '{name}' exists; choose another name", existing[0])
+
+
+def _install(path, name: str | None, overwrite: bool = False, arch: str | None = None) -> None:
+    from ..denoisers import load_denoiser
+    from ..model_folders import BUNDLED_DENOISERS, install_denoiser
+
+    load_denoiser(str(path), arch=arch)  # it loads (hash, card, weights) before it is offered
+    dest = install_denoiser(path, name, overwrite)
+    pick = f"user/{dest.stem}" if dest.stem in BUNDLED_DENOISERS else dest.stem
+    print(f"installed {dest}; pick it with --denoiser {pick} (also in the Slicer panel)")
 
 
 def _train_cvae(args) -> int:
@@ -1006,6 +1039,9 @@ def cmd_models(args) -> int:
         for path in import_published(args.dir, args.out):
             print(f"wrote {path}")
         return 0
+    if args.what == "install":
+        _install(args.file, args.name, args.overwrite, args.arch)
+        return 0
     from ..model_folders import denoiser_entries
 
     print("denoisers (use with --denoiser NAME):")
@@ -1074,6 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ctinvariances models list | head`: the reader has gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CTInvariancesError as exc:
         if args.debug:
             raise

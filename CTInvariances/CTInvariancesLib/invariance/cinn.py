@@ -202,8 +202,9 @@ class ConditionalINN(nn.Module):
     def embed(self, fx: torch.Tensor) -> torch.Tensor:
         return self.embedder(fx)
 
-    def forward(self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None,
-                noise_hu=None):
+    def forward(
+        self, z: torch.Tensor, fx: torch.Tensor, embedding: torch.Tensor | None = None, noise_hu=None
+    ):
         """(v, exact log|det dv/dz|) per sample. ``noise_hu`` is accepted for a common interface with
         the spatial cINN and not used (the published layout is conditioned on f(x) alone)."""
         c = self.embed(fx) if embedding is None else embedding

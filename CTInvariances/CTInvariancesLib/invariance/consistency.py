@@ -56,8 +56,10 @@ def region_box(region: np.ndarray, margin: int = MARGIN_PX) -> tuple[slice, slic
     if rows.size == 0:
         return slice(0, 0), slice(0, 0)
     h, w = region.shape
-    return (slice(max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)),
-            slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
+    return (
+        slice(max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)),
+        slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)),
+    )
 
 
 def consistency_region(x_hu: np.ndarray) -> np.ndarray:
@@ -257,8 +259,19 @@ def consistency_project(
         with torch.no_grad():
             result.residual_before_hu += rmse(denoiser(s0) - target)
         with torch.enable_grad():
-            s1, used = _project_batch(denoiser, s0, target, mask, steps, method, restart, step_size, momentum,
-                                x=xc, tolerance=tolerance)
+            s1, used = _project_batch(
+                denoiser,
+                s0,
+                target,
+                mask,
+                steps,
+                method,
+                restart,
+                step_size,
+                momentum,
+                x=xc,
+                tolerance=tolerance,
+            )
         with torch.no_grad():
             result.residual_after_hu += rmse(denoiser(s1) - target)
             result.correction_rmse_hu += rmse(s1 - s0)

@@ -98,8 +98,9 @@ def invertibility(
 
 
 @torch.inference_mode()
-def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, batch: int = 100,
-                   seed: int = 0) -> dict:
+def uses_condition(
+    cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, batch: int = 100, seed: int = 0
+) -> dict:
     """Whether the engine uses what it should: the cINN's NLL of encoded latents (nats per dimension)
     with the true f(x), with the f(x) of other patches (shuffled), and under the N(0, I) prior;
     and the encoder's mean KL(q(z | x, f(x)) || N(0, I)) per patch (0 for a collapsed posterior).
@@ -116,8 +117,10 @@ def uses_condition(cvae: ConditionalVAE, cinn: ConditionalINN, ps: PatchSet, bat
         q = cvae.encode(x, fx)
         z = q.sample(gen)
         kls.append(q.kl().cpu())
-        for out, cond, nz in ((true_nll, fx, _noise(ps, idx, dev)),
-                              (shuffled_nll, ps.fx[perm[idx]].to(dev), _noise(ps, perm[idx], dev))):
+        for out, cond, nz in (
+            (true_nll, fx, _noise(ps, idx, dev)),
+            (shuffled_nll, ps.fx[perm[idx]].to(dev), _noise(ps, perm[idx], dev)),
+        ):
             v, logdet = cinn(z, cond, noise_hu=nz)
             out.append((0.5 * (v**2).flatten(1).mean(1) - logdet / v[0].numel()).cpu())
         prior_nll.append((0.5 * (z.flatten(1) ** 2).mean(1)).cpu())
@@ -267,8 +270,9 @@ def tile_border_mask(shape: tuple[int, int], patch: int, overlap: int, width: in
     return border & inner
 
 
-def seam_ratio(std: np.ndarray, region: np.ndarray, patch: int, overlap: int, width: int = 4,
-               detrend: bool = True) -> float:
+def seam_ratio(
+    std: np.ndarray, region: np.ndarray, patch: int, overlap: int, width: int = 4, detrend: bool = True
+) -> float:
     """Mean std within ``width`` px of a tile edge / mean std elsewhere, inside ``region`` (1 = no seams).
 
     ``detrend``: the std map is first divided by its own smooth trend (Gaussian, sigma = patch / 2,
@@ -289,8 +293,9 @@ def seam_ratio(std: np.ndarray, region: np.ndarray, patch: int, overlap: int, wi
     return float(a.mean() / b.mean()) if a.size and b.size and b.mean() > 0 else float("nan")
 
 
-def shift_consistency(std_a: np.ndarray, std_b: np.ndarray, shift: tuple[int, int], region: np.ndarray,
-                      sigma: float = 3.0) -> dict:
+def shift_consistency(
+    std_a: np.ndarray, std_b: np.ndarray, shift: tuple[int, int], region: np.ndarray, sigma: float = 3.0
+) -> dict:
     """Whether the std map of a shifted input is the shifted std map (not a fixed pattern).
 
     ``std_b`` belongs to the input shifted by ``shift`` (rows, cols). Returns the correlation (maps

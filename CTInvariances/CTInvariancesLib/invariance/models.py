@@ -241,28 +241,15 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
 
 
 def _import_published_denoisers(folder: Path, dest: Path, names) -> list[Path]:
-    import os
-    import shutil
-    import tempfile
-
     from ..denoisers.loading import PUBLISHED_SHA256 as DENOISER_SHA256
+    from ..model_folders import install_denoiser
 
     written = []
     for name in names:
         src = folder / f"{name}.pt"
-        if not src.exists() or name not in DENOISER_SHA256:
-            continue
-        verify_sha256(src, DENOISER_SHA256[name])
-        dest.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".partial")
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest / f"{name}.pt")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(dest / f"{name}.pt")
+        if src.exists() and name in DENOISER_SHA256:
+            verify_sha256(src, DENOISER_SHA256[name])
+            written.append(install_denoiser(src, name, overwrite=True, folder=dest))
     return written
 
 

@@ -209,7 +209,8 @@ def describe_series(series: dict[str, list[_Slice]]) -> list[str]:
         names = ", ".join(s.path.name for s in slices[:3]) + (", ..." if len(slices) > 3 else "")
         out.append(
             f"{uid or '(no SeriesInstanceUID)'}: {len(slices)} files, modality "
-            f"{ds.get('Modality', '?')}" + (f", '{desc}'" if desc else "")
+            f"{ds.get('Modality', '?')}"
+            + (f", '{desc}'" if desc else "")
             # files without a series UID are usually broken members of the other series: name them
             + ("" if uid else f" ({names})")
         )

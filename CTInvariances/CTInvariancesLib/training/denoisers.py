@@ -64,8 +64,14 @@ class WGANCritic(nn.Module):
 
     def __init__(self, patch: int, width: int = 64) -> None:
         super().__init__()
-        chans = [(1, width, 1), (width, width, 2), (width, 2 * width, 1), (2 * width, 2 * width, 2),
-                 (2 * width, 4 * width, 1), (4 * width, 4 * width, 2)]
+        chans = [
+            (1, width, 1),
+            (width, width, 2),
+            (width, 2 * width, 1),
+            (2 * width, 2 * width, 2),
+            (2 * width, 4 * width, 1),
+            (4 * width, 4 * width, 2),
+        ]
         layers: list[nn.Module] = []
         n = patch
         for cin, cout, stride in chans:
@@ -286,8 +292,13 @@ class DenoiserTrainer:
             pairs = make_pairs("train", cfg.dose_fraction, cfg.realisations, cfg.seed)
         sampler = PatchSampler(pairs["ld"], pairs["fd"], cfg.patch, seed=cfg.seed)
         resumed = self.try_resume(sampler)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.arch}",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=f"train {cfg.arch}",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         if resumed:
             bar.write(f"resumed from step {self.step}")
         self.model.train()
@@ -309,8 +320,16 @@ class DenoiserTrainer:
             if self.step % cfg.checkpoint_every == 0 or self.step in (end, cfg.steps):
                 self.elapsed = base_elapsed + time.perf_counter() - t0
                 with open(self.log_path, "a") as f:
-                    f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed, 1),
-                                        **{k: round(v, 6) for k, v in running.items()}}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "elapsed_s": round(self.elapsed, 1),
+                                **{k: round(v, 6) for k, v in running.items()},
+                            }
+                        )
+                        + "\n"
+                    )
                 self.save_checkpoint(sampler)
         bar.close()
         if self.step < cfg.steps:
@@ -340,7 +359,9 @@ class DenoiserTrainer:
                 "lr": cfg.lr,
                 "seed": cfg.seed,
                 "identity_init": self.identity_initialised,
-                "init": None if not cfg.init else {
+                "init": None
+                if not cfg.init
+                else {
                     "from": cfg.init,
                     "sha256": self.init_sha256,
                     "training": self.init_card.get("training"),  # the earlier stage(s)
