@@ -236,6 +236,16 @@ MUTANTS = (
         ("Testing/test_adversarial.py::test_case[denoiser-network-nan-in-sample]",),
     ),
     Mutant(
+        "regular-grid-positions",
+        "an irregularly spaced series places findings and --at points on the regular grid",
+        LIB + "io/volume.py",
+        "        origins = self.slice_origins\n        d = self.direction_matrix\n"
+        "        if origins is None:\n            ijk",
+        "        origins = None\n        d = self.direction_matrix\n"
+        "        if origins is None:\n            ijk",
+        ("Testing/test_io_errors.py::test_irregular_series_locates_points_on_the_real_slice_positions",),
+    ),
+    Mutant(
         "slicer-bad-node-unchecked",
         "a volume node without usable data is written and handed to the CLI",
         "CTInvariances/CTInvariancesSlicer/logic.py",

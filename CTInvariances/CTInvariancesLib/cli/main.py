@@ -886,8 +886,7 @@ def cmd_probe(args) -> int:
     vol = _read(args)
     device = resolve_device(args.device)
     den = _load_denoiser(args, device)
-    d = vol.direction_matrix @ np.diag(vol.spacing)
-    i, j, k = np.linalg.solve(d, np.asarray(at) - np.asarray(vol.origin))
+    k, j, i = vol.physical_to_index(at)  # on the real slice positions where the series has them
     kk = int(round(k))
     if not 0 <= kk < vol.shape[0]:
         raise CTInvariancesError(

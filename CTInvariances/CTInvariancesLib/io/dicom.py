@@ -330,6 +330,7 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
         padding = (array >= lo - tol) & (array <= hi + tol)
     direction_k = normal
     spacing_k = float(ds0.get("SliceThickness", 1.0) or 1.0) if len(slices) == 1 else 1.0
+    tilt_resampled = False
 
     if len(slices) > 1:
         steps = np.diff(along)
@@ -345,7 +346,8 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 f"inconsistent slice spacing (median {spacing_k:.2f} mm): "
                 + "; ".join(gaps)
                 + (f" (about {missing} missing slices)" if missing else "")
-                + "; the volume uses the median spacing, so positions past a gap are approximate"
+                + "; images are written on a regular grid of the median spacing (approximate past a "
+                "gap); findings, probes and --at points use the real slice positions"
             )
         stack = _unit(positions[-1] - positions[0])
         tilt_deg = math.degrees(math.acos(min(1.0, abs(float(stack @ normal)))))
@@ -363,6 +365,7 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 )
             if tilt == "resample":
                 array, max_shift = _deshear(array, positions, row_dir, col_dir, spacing_i, spacing_j)
+                tilt_resampled = True
                 if padding is not None:  # a pixel touched by padding or shifted in from outside is padding
                     shifted, _ = _deshear(
                         padding.astype(np.float32), positions, row_dir, col_dir, spacing_i, spacing_j, 1.0
@@ -382,13 +385,21 @@ def _assemble(slices: list[_Slice], source: Path, tilt: str) -> CTVolume:
                 if off > max(0.5, 0.1 * spacing_k):
                     # slice-wise work (the pixels of each slice) is exact; the volume's geometry is not
                     warnings.append(
-                        f"{what} and irregular slice spacing: kept as acquired, slices sit up to "
-                        f"{off:.1f} mm from their real positions on the regular sheared grid (each "
-                        "slice's real position is in the tags); use --tilt resample for exact geometry"
+                        f"{what} and irregular slice spacing: kept as acquired; images written on the "
+                        f"regular sheared grid place slices up to {off:.1f} mm from their real positions "
+                        "(findings, probes and --at points use the real ones)"
                     )
                 warnings.append(
                     f"{what}: slices kept as acquired; the volume geometry is sheared (non-orthogonal k axis)"
                 )
+    if len(slices) > 1:
+        # where the regular grid misplaces slices (gaps, irregular steps), keep the real positions:
+        # findings, probes and `--at` points are located on them
+        # (resampled tilted slices share slice 0's in-plane origin; others sit where the files say)
+        real = positions[0] + np.outer(along - along[0], normal) if tilt_resampled else positions
+        grid = positions[0] + np.outer(np.arange(len(slices)) * spacing_k, direction_k)
+        if float(np.max(np.linalg.norm(real - grid, axis=1))) > max(0.5, 0.1 * spacing_k):
+            tags["slice_origins_lps"] = np.round(real, 4).tolist()
     direction = np.stack([row_dir, col_dir, direction_k], axis=1)
     return CTVolume(
         array=array,

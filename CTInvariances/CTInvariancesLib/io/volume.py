@@ -53,10 +53,46 @@ class CTVolume:
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    @property
+    def slice_origins(self) -> np.ndarray | None:
+        """LPS position (mm) of pixel (0, 0) of each slice where the regular grid would misplace
+        slices (irregularly spaced series: the positions the scanner recorded); None otherwise."""
+        origins = self.tags.get("slice_origins_lps")
+        return None if origins is None else np.asarray(origins, dtype=float).reshape(-1, 3)
+
     def index_to_physical(self, k: float, j: float, i: float) -> np.ndarray:
-        """LPS position (mm) of voxel index (k, j, i)."""
-        ijk = np.array([i, j, k], dtype=float)
-        return np.asarray(self.origin) + self.direction_matrix @ (np.asarray(self.spacing) * ijk)
+        """LPS position (mm) of voxel index (k, j, i): on the real slice positions where the volume
+        keeps them (``slice_origins``), else on the regular grid."""
+        origins = self.slice_origins
+        d = self.direction_matrix
+        if origins is None:
+            ijk = np.array([i, j, k], dtype=float)
+            return np.asarray(self.origin) + d @ (np.asarray(self.spacing) * ijk)
+        k0 = int(np.clip(np.floor(k), 0, len(origins) - 2)) if len(origins) > 1 else 0
+        t = float(k) - k0
+        base = origins[k0] if len(origins) == 1 else (1 - t) * origins[k0] + t * origins[k0 + 1]
+        return base + d[:, 0] * self.spacing[0] * i + d[:, 1] * self.spacing[1] * j
+
+    def physical_to_index(self, point) -> np.ndarray:
+        """Index (k, j, i), fractional, of the LPS point ``point`` (the inverse of
+        ``index_to_physical``)."""
+        p = np.asarray(point, dtype=float)
+        d = self.direction_matrix
+        origins = self.slice_origins
+        if origins is None:
+            i, j, k = np.linalg.solve(d @ np.diag(self.spacing), p - np.asarray(self.origin))
+            return np.array([k, j, i])
+        normal = np.cross(d[:, 0], d[:, 1])
+        along = origins @ normal
+        h = float(p @ normal)
+        k = float(np.interp(h, along, np.arange(len(along)), left=np.nan, right=np.nan))
+        if np.isnan(k):  # outside the stack: extrapolate by the end spacing
+            end = 0 if h < along[0] else len(along) - 1
+            step = (along[1] - along[0]) if end == 0 else (along[-1] - along[-2]) if len(along) > 1 else 1.0
+            k = end + (h - along[end]) / (step or 1.0)
+        rel = p - self.index_to_physical(k, 0, 0)
+        i, j = float(rel @ d[:, 0]) / self.spacing[0], float(rel @ d[:, 1]) / self.spacing[1]
+        return np.array([k, j, i])
 
     def select_slices(self, slices: slice) -> CTVolume:
         """A new volume holding the slices ``slices`` (Python slice over k), geometry updated."""
@@ -75,8 +111,9 @@ class CTVolume:
         tags = dict(self.tags)
         parent = self.source_slice_indices
         tags["source_slice_indices"] = [parent[i] for i in idx]
-        if "slice_positions_mm" in tags:
-            tags["slice_positions_mm"] = [tags["slice_positions_mm"][i] for i in idx]
+        for key in ("slice_positions_mm", "slice_origins_lps"):
+            if key in tags:
+                tags[key] = [tags[key][i] for i in idx]
         return replace(
             self,
             array=self.array[idx].copy(),
@@ -93,12 +130,17 @@ class CTVolume:
         c0, c1, _ = cols.indices(self.shape[2])
         if r1 <= r0 or c1 <= c0:
             raise InputError("the in-plane crop is empty", self.source)
+        tags = dict(self.tags)
+        if self.slice_origins is not None:
+            d = self.direction_matrix
+            shift = d[:, 0] * self.spacing[0] * c0 + d[:, 1] * self.spacing[1] * r0
+            tags["slice_origins_lps"] = (self.slice_origins + shift).round(4).tolist()
         return replace(
             self,
             array=self.array[:, r0:r1, c0:c1].copy(),
             padding=None if self.padding is None else self.padding[:, r0:r1, c0:c1],
             origin=tuple(self.index_to_physical(0, r0, c0)),
-            tags=dict(self.tags),
+            tags=tags,
             warnings=list(self.warnings),
         )
 
