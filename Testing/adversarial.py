@@ -414,6 +414,12 @@ def _denoiser_cases() -> list[Case]:
         den("network-nan-in-sample", lambda d: "custom_denoisers:nan_out", "nan_out", command="sample"),
         den("network-raises-in-sample", lambda d: "custom_denoisers:raises", "raises", command="sample"),
         den("network-memory-error", lambda d: "custom_denoisers:memory_error", "memory"),
+        den(
+            "network-memory-error-in-sample",
+            lambda d: "custom_denoisers:memory_error",
+            "memory",
+            command="sample",
+        ),
     ]
 
 

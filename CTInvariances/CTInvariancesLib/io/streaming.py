@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..files import default_file_mode
 from .volume import CTVolume
 
@@ -61,17 +62,21 @@ class StreamingNrrdWriter:
         for key, value in (extra or {}).items():
             lines.append(f"{key}:={value}")
         header = ("\n".join(lines) + "\n\n").encode("ascii")
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.partial, "wb") as f:
-            f.write(header)
-            f.truncate(len(header) + int(np.prod(self.shape)) * np.dtype(dtype).itemsize)
-        self.data = np.memmap(
-            self.partial,
-            dtype=np.dtype(dtype).newbyteorder("<"),
-            mode="r+",
-            offset=len(header),
-            shape=self.shape,
-        )
+        try:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.partial, "wb") as f:
+                f.write(header)
+                f.truncate(len(header) + int(np.prod(self.shape)) * np.dtype(dtype).itemsize)
+            self.data = np.memmap(
+                self.partial,
+                dtype=np.dtype(dtype).newbyteorder("<"),
+                mode="r+",
+                offset=len(header),
+                shape=self.shape,
+            )
+        except OSError as exc:
+            self.abort()
+            raise InputError(f"could not write the output ({exc.strerror or exc})", self.path) from None
 
     def write_slice(self, k: int, values: np.ndarray) -> None:
         """Slice k: [J, I] for a volume, [N, J, I] for a sequence."""
@@ -81,10 +86,14 @@ class StreamingNrrdWriter:
             self.data[:, k] = values
 
     def close(self) -> Path:
-        self.data.flush()
-        del self.data
-        os.chmod(self.partial, default_file_mode())
-        os.replace(self.partial, self.path)
+        try:
+            self.data.flush()
+            del self.data
+            os.chmod(self.partial, default_file_mode())
+            os.replace(self.partial, self.path)
+        except OSError as exc:  # name the output the user asked for, not our temporary file
+            self.abort()
+            raise InputError(f"could not write the output ({exc.strerror or exc})", self.path) from None
         return self.path
 
     def abort(self) -> None:
