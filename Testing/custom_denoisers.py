@@ -117,3 +117,13 @@ class _ReturnsTuple(nn.Module):
 def returns_tuple() -> nn.Module:
     """A network that returns (image, extra) as some training code does."""
     return _ReturnsTuple()
+
+
+class _Constant(nn.Module):
+    def forward(self, x):
+        return x * 0.0
+
+
+def constant() -> nn.Module:
+    """Ignores its input completely: every structure is invisible to it."""
+    return _Constant()

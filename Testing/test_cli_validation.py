@@ -135,9 +135,24 @@ def test_a_failed_sample_run_leaves_no_folder_and_overwrite_replaces_results(
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     inp = ct_small
     out = tmp_path / "new" / "run"
+
     def run_args(denoiser: str) -> list[str]:
-        return ["sample", str(inp), "--denoiser", denoiser, "--sampler", "noise", "--out", str(out),
-                "--device", "cpu", "--samples", "2", "--consistency", "0"]
+        return [
+            "sample",
+            str(inp),
+            "--denoiser",
+            denoiser,
+            "--sampler",
+            "noise",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--samples",
+            "2",
+            "--consistency",
+            "0",
+        ]
 
     assert main(run_args("custom_denoisers:nan_out")) == 2
     capsys.readouterr()
@@ -172,8 +187,88 @@ def test_sample_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, c
     from pydicom.data import get_testdata_file
 
     out = tmp_path / "s"
-    rc = main(["sample", get_testdata_file("explicit_VR-UN.dcm"), "--denoiser", "cnn10", "--samples", "4096",
-               "--max-memory", "1", "--out", str(out)])
+    rc = main(
+        [
+            "sample",
+            get_testdata_file("explicit_VR-UN.dcm"),
+            "--denoiser",
+            "cnn10",
+            "--samples",
+            "4096",
+            "--max-memory",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "memory" in err and "--max-memory 1 GB" in err, err
     assert not out.exists()
+
+
+def _probe_inputs(tmp_path):
+    """A noisy water disc (2 slices of 96 x 96, 0.8 mm) and a label image on its grid: label 1 a
+    6 mm blob in both slices, label 2 a 10 mm blob in slice 1."""
+    import nrrd
+
+    rng = np.random.default_rng(0)
+    kk, jj, ii = np.mgrid[:2, :96, :96]
+    ct = np.where((jj - 48) ** 2 + (ii - 48) ** 2 < 42**2, 40.0, -1000.0) + 15 * rng.standard_normal(jj.shape)
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([0.8, 0.8, 2.0]),
+        "space origin": np.zeros(3),
+    }
+    nrrd.write(str(tmp_path / "ct.nrrd"), ct.astype(np.float32), header, index_order="C")
+    labels = np.zeros(ct.shape, np.int16)
+    labels[(jj - 40) ** 2 + (ii - 48) ** 2 <= 14] = 1
+    labels[(kk == 1) & ((jj - 62) ** 2 + (ii - 50) ** 2 <= 39)] = 2
+    nrrd.write(str(tmp_path / "labels.nrrd"), labels, header, index_order="C")
+    return tmp_path / "ct.nrrd", tmp_path / "labels.nrrd"
+
+
+@pytest.mark.parametrize("denoiser,lo,hi", [("identity", -0.1, 0.1), ("constant", 0.9, 1.1)])
+def test_probe_segmented_structures_one_answer_per_label(tmp_path, capsys, monkeypatch, denoiser, lo, hi):
+    """Planted truth: an identity network sees every structure (nothing erased), a network that
+    ignores its input sees none (all erased); each label is its own structure."""
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    ct, labels = _probe_inputs(tmp_path)
+    args = [
+        "probe",
+        str(ct),
+        "--denoiser",
+        f"custom_denoisers:{denoiser}",
+        "--mask",
+        str(labels),
+        "--contrast",
+        "40",
+        "--consistency",
+        "20",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert [s["label"] for s in out["structures"]] == [1, 2]
+    assert [len(s["slices"]) for s in out["structures"]] == [2, 1]
+    for st in out["structures"]:
+        assert lo <= st["erasure"] <= hi, st
+    assert main(args[:-1] + ["--label", "2"]) == 0 and "label 2 (1 slices" in capsys.readouterr().out
+
+
+def test_probe_mask_on_another_grid_or_without_the_label_is_refused(tmp_path, capsys):
+    import nrrd
+
+    ct, labels = _probe_inputs(tmp_path)
+    data, header = nrrd.read(str(labels), index_order="C")
+    nrrd.write(str(tmp_path / "other.nrrd"), data[:, :80], header, index_order="C")
+    base = ["probe", str(ct), "--denoiser", "cnn10", "--device", "cpu"]
+    assert main(base + ["--mask", str(tmp_path / "other.nrrd")]) == 2
+    assert "other.nrrd" in capsys.readouterr().err
+    assert main(base + ["--mask", str(labels), "--label", "7"]) == 2
+    assert "label 7 is not in it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # one or the other
+        main(base + ["--mask", str(labels), "--at", "0,0,0"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err

@@ -228,11 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "probe",
-        help="method C at one point: would a structure of this size and contrast survive the denoiser?",
+        help="method C at one point or for segmented structures: would a structure of this size and "
+        "contrast survive the denoiser?",
     )
     p.add_argument("input")
     p.add_argument("--denoiser", required=True)
-    p.add_argument("--at", required=True, metavar="X,Y,Z", help="point in patient coordinates (LPS, mm)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--at", metavar="X,Y,Z", help="point in patient coordinates (LPS, mm): a disc there")
+    where.add_argument(
+        "--mask",
+        metavar="LABELS",
+        help="label image on the input's grid (e.g. a segmentation exported as a labelmap): each label "
+        "value is one structure, inserted with --contrast in every slice it covers",
+    )
+    p.add_argument("--label", type=opt.int_in(1, 2**31 - 1), help="probe only this label value of --mask")
     p.add_argument("--diameter", type=opt.positive_float, default=5.0, help="mm (default 5)")
     p.add_argument("--contrast", type=opt.float_in(-3000.0, 3000.0), default=20.0, help="HU (default 20)")
     p.add_argument("--consistency", type=opt.int_in(1, 10000), default=CONSISTENCY_STEPS, metavar="STEPS")
@@ -880,6 +889,8 @@ def cmd_probe(args) -> int:
 
     from ..analysis import structure_probe
 
+    if args.mask is not None:
+        return _probe_mask(args)
     at = [float(v) for v in args.at.split(",")] if args.at else []
     if len(at) != 3 or not all(np.isfinite(at)):
         raise CTInvariancesError(f"--at {args.at!r}: give X,Y,Z in mm (patient coordinates, LPS)")
@@ -923,6 +934,100 @@ def cmd_probe(args) -> int:
             f"a {args.diameter:g} mm, {args.contrast:+g} HU structure here is {verdict} {den.name}: "
             f"{100 * out['erasure']:.0f} % of its contrast is invisible to it; f keeps "
             f"{100 * out['transfer']:.0f} % of the contrast"
+        )
+    return 0
+
+
+def _read_labels(args, vol):
+    """The --mask label image, on exactly the input's grid; {label value: bool mask [K, J, I]}."""
+    import numpy as np
+
+    from ..io import parse_slices, read_volume
+
+    labels = read_volume(args.mask)
+    if args.slices:
+        labels = labels.select_slices(parse_slices(args.slices))
+    same = labels.shape == vol.shape and all(
+        np.allclose(getattr(labels, a), getattr(vol, a), atol=1e-3)
+        for a in ("spacing", "origin", "direction")
+    )
+    if not same:
+        raise CTInvariancesError(
+            f"the label image's grid ({labels.shape}, spacing {tuple(round(v, 3) for v in labels.spacing)}) "
+            f"differs from the input's ({vol.shape}, spacing {tuple(round(v, 3) for v in vol.spacing)}): "
+            "export the segments on the input's geometry",
+            args.mask,
+        )
+    values = np.rint(labels.array).astype(np.int64)
+    wanted = [args.label] if args.label is not None else sorted(int(v) for v in np.unique(values) if v > 0)
+    masks = {v: values == v for v in wanted}
+    empty = [v for v, m in masks.items() if not m.any()]
+    if not masks or empty:
+        what = f"label {empty[0]} is not in it" if empty else "it holds no structure (all 0)"
+        raise CTInvariancesError(f"nothing to probe: {what}", args.mask)
+    return masks
+
+
+def _probe_mask(args) -> int:
+    """Method C for user-segmented structures: each label inserted with --contrast, slice by slice."""
+    import numpy as np
+
+    from ..analysis import structure_probe
+    from ..io.volume import without_padding
+
+    vol = _read(args)
+    masks = _read_labels(args, vol)
+    device = resolve_device(args.device)
+    den = _load_denoiser(args, device)
+    spacing = (vol.spacing[1], vol.spacing[0])
+    px_mm2 = spacing[0] * spacing[1]
+    structures = []
+    for value, mask in masks.items():
+        rows = []
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            try:
+                res = structure_probe(
+                    den,
+                    without_padding(vol.array[k], vol.padding_mask(k)),
+                    spacing,
+                    [],
+                    0.0,
+                    args.contrast,
+                    steps=args.consistency,
+                    mask=mask[k],
+                )
+            except ValueError as exc:
+                raise CTInvariancesError(f"label {value}, slice {k}: {exc}", args.mask) from None
+            area = float(mask[k].sum() * px_mm2)
+            rows.append(
+                {
+                    "slice": int(vol.source_slice_indices[k]),
+                    "area_mm2": round(area, 2),
+                    "erasure": float(res.erasure[0]),
+                    "transfer": float(res.transfer[0]),
+                }
+            )
+        w = np.array([r["area_mm2"] for r in rows])
+        structures.append(
+            {
+                "label": value,
+                "slices": rows,
+                "volume_mm3": round(float(w.sum() * vol.spacing[2]), 1),
+                # area-weighted over the slices it covers
+                "erasure": float(np.average([r["erasure"] for r in rows], weights=w)),
+                "transfer": float(np.average([r["transfer"] for r in rows], weights=w)),
+            }
+        )
+    out = {"contrast_hu": args.contrast, "denoiser": den.name, "structures": structures}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for st in structures:
+        verdict = "erased by" if st["erasure"] > 0.5 else "kept by"
+        print(
+            f"label {st['label']} ({len(st['slices'])} slices, {st['volume_mm3']:g} mm3) at "
+            f"{args.contrast:+g} HU is {verdict} {den.name}: {100 * st['erasure']:.0f} % of its contrast "
+            f"is invisible to it; f keeps {100 * st['transfer']:.0f} %"
         )
     return 0
 
