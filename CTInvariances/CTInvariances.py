@@ -17,7 +17,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -87,6 +87,7 @@ class CTInvariancesParameterNode:
     firstSlice: Annotated[int, WithinRange(0, 100000)] = 0
     lastSlice: Annotated[int, WithinRange(0, 100000)] = 0
     probePoint: vtkMRMLMarkupsFiducialNode
+    probeSegmentation: vtkMRMLSegmentationNode  # when set: each segment is probed (its own shape)
     probeDiameter: Annotated[float, WithinRange(1.0, 50.0)] = 5.0
     probeContrast: Annotated[float, WithinRange(-1000.0, 1000.0)] = 20.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -278,6 +279,8 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(f"The probe failed: {exc}")
                 return
             self.ui.probeResultLabel.text = answer
+            if erasure is None:  # segments: the answer lists each one
+                return
             # the short answer at the point itself, in the slice views
             p = self._parameterNode
             p.probePoint.SetNthControlPointLabel(
@@ -382,19 +385,29 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
             return f"unknown ({exc})"
 
     def probe(self, p):
-        """Method C at the markup point, in a child process; returns (the answer, the erasure)."""
+        """Method C in a child process: a disc at the markup point, or each segment of the chosen
+        segmentation with its own shape. Returns (the answer, the erasure or None for segments)."""
         import tempfile
 
         from CTInvariancesSlicer import volume_to_file
         from CTInvariancesSlicer.logic import check_input_node, cli_env
+        from CTInvariancesSlicer.results import segments_to_file
 
         check_input_node(p.inputVolume)  # a ValueError with a message for the user
+        segmentation = p.probeSegmentation
         point = p.probePoint
-        if point is None or point.GetNumberOfControlPoints() == 0:
-            raise ValueError("Place a point first.")
-        r, a, s = point.GetNthControlPointPositionWorld(0)
+        if segmentation is None and (point is None or point.GetNumberOfControlPoints() == 0):
+            raise ValueError("Place a point or choose a segmentation first.")
+        if segmentation is not None and segmentation.GetSegmentation().GetNumberOfSegments() == 0:
+            raise ValueError(f"'{segmentation.GetName()}' has no segments.")
         with tempfile.TemporaryDirectory(prefix="ctinvariances-") as tmp:
             path = volume_to_file(p.inputVolume, Path(tmp) / "input.nrrd")
+            if segmentation is not None:
+                names = segments_to_file(segmentation, p.inputVolume, Path(tmp) / "segments.nrrd")
+                where = ["--mask", Path(tmp) / "segments.nrrd"]
+            else:
+                r, a, s = point.GetNthControlPointPositionWorld(0)
+                where = ["--at", f"{-r},{-a},{s}", "--diameter", p.probeDiameter]
             denoiser = p.customDenoiserPath if p.denoiser == "custom file" else p.denoiser
             proc = subprocess.run(
                 self.runner.cli_command(
@@ -402,10 +415,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
                     path,
                     "--denoiser",
                     denoiser,
-                    "--at",
-                    f"{-r},{-a},{s}",
-                    "--diameter",
-                    p.probeDiameter,
+                    *where,
                     "--contrast",
                     p.probeContrast,
                     "--device",
@@ -419,6 +429,15 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["the probe failed"])[-1])
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        if segmentation is not None:
+            lines = [
+                f"'{names[st['label'] - 1]}' at {r['contrast_hu']:+g} HU "
+                + ("would be erased" if st["erasure"] > 0.5 else "would survive")
+                + f": {100 * st['erasure']:.0f} % invisible to {r['denoiser']} (f keeps "
+                f"{100 * st['transfer']:.0f} %; {len(st['slices'])} slices)."
+                for st in r["structures"]
+            ]
+            return "\n".join(lines), None
         verdict = "would be erased by" if r["erasure"] > 0.5 else "would survive"
         answer = (
             f"A {r['diameter_mm']:g} mm, {r['contrast_hu']:+g} HU structure here {verdict} "

@@ -209,12 +209,20 @@ def _bad_nodes(scene):
     nan_node = slicer.util.addVolumeFromArray(nan, name="volume with NaN")
     flat = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16), np.float32), name="zero spacing")
     flat.SetSpacing(1.0, 0.0, 1.0)
-    rgb = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16, 3), np.uint8), name="colour",
-                                         nodeClassName="vtkMRMLVectorVolumeNode")
-    label = slicer.util.addVolumeFromArray(np.zeros((2, 16, 16), np.int16), name="a labelmap",
-                                           nodeClassName="vtkMRMLLabelMapVolumeNode")
-    return [(empty, "holds no image data"), (nan_node, "1 voxels are NaN"), (flat, "spacing"),
-            (rgb, "3 components per voxel"), (label, "not a CT"), (None, "choose a CT volume")]
+    rgb = slicer.util.addVolumeFromArray(
+        np.zeros((2, 16, 16, 3), np.uint8), name="colour", nodeClassName="vtkMRMLVectorVolumeNode"
+    )
+    label = slicer.util.addVolumeFromArray(
+        np.zeros((2, 16, 16), np.int16), name="a labelmap", nodeClassName="vtkMRMLLabelMapVolumeNode"
+    )
+    return [
+        (empty, "holds no image data"),
+        (nan_node, "1 voxels are NaN"),
+        (flat, "spacing"),
+        (rgb, "3 components per voxel"),
+        (label, "not a CT"),
+        (None, "choose a CT volume"),
+    ]
 
 
 def test_a_bad_volume_node_gives_a_message_and_starts_nothing(scene_and_input, tmp_path):
@@ -230,3 +238,41 @@ def test_a_bad_volume_node_gives_a_message_and_starts_nothing(scene_and_input, t
         assert node is None or node.GetName() in str(info.value)
         assert not work.exists()  # nothing written, no child started
         assert node is None or node.GetMTime() == before
+
+
+def test_segments_round_trip_and_become_a_label_image_on_the_input_grid(scene_and_input, tmp_path):
+    """What the probe section does with a segmentation: each segment one label value, written on the
+    input volume's grid, so that `probe --mask` accepts it."""
+    from CTInvariancesSlicer.results import (
+        _ensure_segmentation_rules,
+        mask_to_segment,
+        segments_to_file,
+        segments_to_labels,
+    )
+
+    from CTInvariancesLib.io import read_volume
+
+    node, _ = _synthetic_node(scene_and_input[0])
+    node.SetOrigin(-12.0, 30.0, 7.5)
+    _ensure_segmentation_rules()  # Slicer does this at start-up
+    seg = scene_and_input[0].AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    masks = np.zeros((2, 1, 192, 192), np.uint8)
+    masks[0, 0, 50:58, 60:70] = 1
+    masks[1, 0, 120:140, 100:104] = 1
+    for name, mask in zip(("lesion A", "lesion B"), masks):
+        sid = seg.GetSegmentation().AddEmptySegment("", name)
+        mask_to_segment(mask, seg, sid, node)
+    labels, names = segments_to_labels(seg, node)
+    assert names == ["lesion A", "lesion B"]
+    np.testing.assert_array_equal(labels, masks[0] + 2 * masks[1])
+    assert segments_to_file(seg, node, tmp_path / "labels.nrrd") == names
+    written, ct = (
+        read_volume(tmp_path / "labels.nrrd"),
+        read_volume(volume_to_file(node, tmp_path / "ct.nrrd")),
+    )
+    assert written.shape == ct.shape
+    for what in ("spacing", "origin", "direction"):
+        np.testing.assert_allclose(getattr(written, what), getattr(ct, what), atol=1e-6)
+    np.testing.assert_array_equal(written.array, labels)
+    assert not [n for n in slicer.util.getNodes("__ctinvariances_temp__*")]  # no helper nodes left

@@ -86,3 +86,19 @@ def test_denoiser_list_is_the_models_list(tmp_path, monkeypatch):
     names = [e["name"] for e in denoiser_entries()]
     assert names == ["cnn10", "redcnn", "wganvgg", "dugan", "user/cnn10", "mine"]
     assert "denoiserNames" in MODULE.read_text() and "denoiser_entries" in MODULE.read_text()
+
+
+def test_every_node_selector_gets_the_scene():
+    """In Slicer a qMRMLNodeComboBox lists nodes only once the module's mrmlSceneChanged signal is
+    connected to its setMRMLScene slot in the .ui; a selector without it stays empty."""
+    import xml.etree.ElementTree as ET
+
+    ui = ET.parse(MODULE.parent / "Resources" / "UI" / "CTInvariances.ui").getroot()
+    selectors = {w.get("name") for w in ui.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {
+        c.findtext("receiver")
+        for c in ui.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert selectors and selectors <= connected, selectors - connected

@@ -125,6 +125,77 @@ def _ensure_segmentation_rules() -> None:
     factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 
 
+def _temporary_labelmap(reference_node):
+    """A labelmap node on the reference volume's grid (removed by the caller)."""
+    node = reference_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__ctinvariances_temp__")
+    m = vtk.vtkMatrix4x4()
+    reference_node.GetIJKToRASMatrix(m)
+    node.SetIJKToRASMatrix(m)
+    return node
+
+
+def _remove(node) -> None:
+    scene = node.GetScene()
+    display = node.GetDisplayNode()
+    if display is not None:
+        scene.RemoveNode(display)
+    scene.RemoveNode(node)
+
+
+def mask_to_segment(mask: np.ndarray, segmentation_node, segment_id: str, reference_node) -> None:
+    """Set a segment from a [k, j, i] mask on the reference volume's grid. (Slicer's
+    ``slicer.util.updateSegmentBinaryLabelmapFromArray`` needs ``slicer.modules``, which slicer-core
+    lacks; the segmentations logic's static import works in both.)"""
+    _ensure_segmentation_rules()
+    labelmap = _temporary_labelmap(reference_node)
+    try:
+        slicer.util.updateVolumeFromArray(labelmap, (np.asarray(mask) > 0).astype(np.uint8))
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
+            raise RuntimeError(f"could not set segment {segment_id}")
+    finally:
+        _remove(labelmap)
+
+
+def segments_to_labels(segmentation_node, reference_node) -> tuple[np.ndarray, list[str]]:
+    """Every segment as one label value (1, 2, ... in segment order) of a [k, j, i] array on the
+    reference volume's grid (a later segment wins where segments overlap), and the segment names."""
+    _ensure_segmentation_rules()
+    seg = segmentation_node.GetSegmentation()
+    dims = reference_node.GetImageData().GetDimensions()
+    labels = np.zeros((dims[2], dims[1], dims[0]), np.int16)
+    names = []
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for n in range(seg.GetNumberOfSegments()):
+        sid = seg.GetNthSegmentID(n)
+        names.append(seg.GetSegment(sid).GetName())
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(sid)
+        labelmap = _temporary_labelmap(reference_node)
+        try:
+            if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_node):
+                raise RuntimeError(f"could not export segment '{names[-1]}'")
+            labels[slicer.util.arrayFromVolume(labelmap) > 0] = n + 1
+        finally:
+            _remove(labelmap)
+    return labels, names
+
+
+def segments_to_file(segmentation_node, reference_node, path: str | Path) -> list[str]:
+    """``segments_to_labels`` written as a label image beside the reference volume's file (same grid);
+    returns the segment names (label value = index + 1)."""
+    labels, names = segments_to_labels(segmentation_node, reference_node)
+    node = _temporary_labelmap(reference_node)
+    try:
+        slicer.util.updateVolumeFromArray(node, labels)
+        volume_to_file(node, path)
+    finally:
+        _remove(node)
+    return names
+
+
 def _segmentation(scene, path: Path, input_node, first_slice: int, name: str, tag: str, folder, sh):
     import slicerio
 
@@ -145,7 +216,7 @@ def _segmentation(scene, path: Path, input_node, first_slice: int, name: str, ta
         mask[first_slice : first_slice + part.shape[0]] = part
         sid = seg_node.GetSegmentation().AddEmptySegment(segment["id"], segment["name"], segment["color"])
         if mask.any():
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg_node, sid, input_node)
+            mask_to_segment(mask, seg_node, sid, input_node)
     _place(sh, seg_node, folder)
     return seg_node
 
