@@ -38,17 +38,23 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             res = run_case(case, Path(tmp))
+
+            def portable(text: str) -> str:  # no path of this machine in the committed record
+                for path, name in ((tmp, "<tmp>"), (str(DATA), "<data>"), (str(ROOT), "<repo>")):
+                    text = text.replace(path, name)
+                return text
+
         rows.append(
             {
                 "id": case.id,
                 "expect": case.expect,
                 "kind": res.kind,
-                "detail": res.detail,
-                "problems": res.problems,
+                "detail": portable(res.detail),
+                "problems": [portable(p) for p in res.problems],
                 "seconds": round(time.perf_counter() - t, 2),
             }
         )
-        print(f"{res.kind:<15} {case.id:<45} {res.detail[:150]}", flush=True)
+        print(f"{res.kind:<15} {case.id:<45} {rows[-1]['detail'][:150]}", flush=True)
     counts = collections.Counter(r["kind"] for r in rows)
     good = {"clean_error", "ok", "skipped"}
     print(f"\n{len(rows)} cases in {time.perf_counter() - t0:.0f} s")
