@@ -321,6 +321,18 @@ def _input_cases() -> list[Case]:
             lambda d: dicom_slice(d / "o.dcm", ImageOrientationPatient=[0] * 6),
             "o.dcm",
         ),
+        inp(
+            "dicom-skewed-orientation",
+            lambda d: dicom_slice(d / "k.dcm", ImageOrientationPatient=[1, 0, 0, 0.5, 0.866, 0]),
+            "k.dcm",
+            says="orthonormal",
+        ),
+        inp(
+            "dicom-unnormalised-orientation",
+            lambda d: dicom_slice(d / "u.dcm", ImageOrientationPatient=[2, 0, 0, 0, 2, 0]),
+            "u.dcm",
+            says="orthonormal",
+        ),
         inp("dicom-zero-pixel-spacing", lambda d: dicom_slice(d / "z.dcm", PixelSpacing=[0, 0]), "z.dcm"),
         inp(
             "dicom-negative-pixel-spacing",

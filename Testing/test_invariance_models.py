@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_fixtures import TINY_CINN, TINY_CVAE
 
-from CTInvariancesLib.errors import WeightsError
+from CTInvariancesLib.errors import CTInvariancesError, WeightsError
 from CTInvariancesLib.invariance.cinn import CINNConfig, ConditionalINN
 from CTInvariancesLib.invariance.cvae import ConditionalVAE, CVAEConfig, upsample2
 from CTInvariancesLib.invariance.models import (
@@ -161,6 +161,8 @@ def test_import_published_converts_a_file_in_the_published_layout(tmp_path, monk
     monkeypatch.setitem(models.PUBLISHED_SHA256, "cnn10-cinn", sha256_of(downloads / "cnn10-cinn.pt"))
     written = import_published(downloads, tmp_path / "models")
     assert [p.name for p in written] == ["cvae.safetensors", "cinn-cnn10.safetensors"]
+    with pytest.raises(WeightsError, match="--overwrite"):  # imported before: kept
+        import_published(downloads, tmp_path / "models")
     vae2, _ = load_cvae(written[0])
     inn2, _ = load_cinn(written[1])
     vae.eval()
@@ -195,6 +197,9 @@ def test_import_published_copies_the_published_denoisers_where_the_panel_lists_t
     monkeypatch.setitem(loading.PUBLISHED_SHA256, "cnn10", sha256_of(downloads / "cnn10.pt"))
     written = import_published(downloads)
     assert written == [user / "denoisers" / "cnn10.pt"]
+    with pytest.raises(CTInvariancesError, match="--overwrite"):  # imported before: kept
+        import_published(downloads)
+    assert import_published(downloads, overwrite=True) == written
     assert not list((user / "denoisers").glob("*.partial"))
     entry = next(e for e in denoiser_entries() if e["where"] == "user")
     assert entry["name"] == "user/cnn10" and entry["path"] == str(written[0])

@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(hash-checked) to safetensors; copy published denoisers <name>.pt to the user's denoisers",
     )
     m.add_argument("--dir", required=True, help="folder holding the downloaded .pt files")
+    m.add_argument("--overwrite", action="store_true", help="replace models imported before")
     m.add_argument(
         "--out", help="destination (default: the user models folder: published/<name>/ and denoisers/)"
     )
@@ -1140,7 +1141,7 @@ def cmd_models(args) -> int:
     from ..weights import models_dir, user_models_dir
 
     if args.what == "import-published":
-        for path in import_published(args.dir, args.out):
+        for path in import_published(args.dir, args.out, overwrite=args.overwrite):
             print(f"wrote {path}")
         return 0
     if args.what == "install":

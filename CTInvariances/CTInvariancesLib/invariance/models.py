@@ -176,7 +176,9 @@ def _load_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
         ) from None
 
 
-def import_published(folder: str | Path, out: str | Path | None = None, names=None) -> list[Path]:
+def import_published(
+    folder: str | Path, out: str | Path | None = None, names=None, overwrite: bool = False
+) -> list[Path]:
     """Convert the published ``<denoiser>-vae.pt`` / ``<denoiser>-cinn.pt`` found in ``folder``
     (hash-checked against the published SHA-256) to safetensors + cards in ``out``
     (default: <user models>/published/<denoiser>/ as cvae.safetensors and cinn-<denoiser>.safetensors;
@@ -192,7 +194,7 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
     # the published denoisers themselves (ldct-benchmark's <name>.pt): hash-checked and copied to the
     # user's denoisers folder, where the panel and `models list` find them (as user/<name>)
     written += _import_published_denoisers(
-        folder, (Path(out) if out else user_models_dir()) / "denoisers", wanted
+        folder, (Path(out) if out else user_models_dir()) / "denoisers", wanted, overwrite
     )
     found_any = bool(written)
     for name in wanted:
@@ -204,6 +206,9 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
             missing = cinn_file if vae_file.exists() else vae_file
             raise WeightsError(f"the pair is incomplete: {missing.name} is missing", missing)
         dest = out_root / name
+        existing = [p for p in (dest / "cvae.safetensors", dest / f"cinn-{name}.safetensors") if p.exists()]
+        if existing and not overwrite:
+            raise WeightsError("exists: imported before; give --overwrite to replace it", existing[0])
         vae = ConditionalVAE(CVAEConfig.paper())
         _load_strict(vae, _published_state(vae_file, f"{name}-vae"), vae_file)
         source = {"url": PUBLISHED_URL.format(name=f"{name}-vae"), "sha256": PUBLISHED_SHA256[f"{name}-vae"]}
@@ -240,7 +245,7 @@ def import_published(folder: str | Path, out: str | Path | None = None, names=No
     return written
 
 
-def _import_published_denoisers(folder: Path, dest: Path, names) -> list[Path]:
+def _import_published_denoisers(folder: Path, dest: Path, names, overwrite: bool = False) -> list[Path]:
     from ..denoisers.loading import PUBLISHED_SHA256 as DENOISER_SHA256
     from ..model_folders import install_denoiser
 
@@ -249,7 +254,7 @@ def _import_published_denoisers(folder: Path, dest: Path, names) -> list[Path]:
         src = folder / f"{name}.pt"
         if src.exists() and name in DENOISER_SHA256:
             verify_sha256(src, DENOISER_SHA256[name])
-            written.append(install_denoiser(src, name, overwrite=True, folder=dest))
+            written.append(install_denoiser(src, name, overwrite=overwrite, folder=dest))
     return written
 
 

@@ -136,7 +136,35 @@ def validate_ct_image(ds: pydicom.Dataset, path: Path) -> None:
         )
     if "PixelSpacing" not in ds:
         raise InputError("has no PixelSpacing: pixel size unknown", path)
+    _check_geometry_tags(ds, path)
     _check_pixel_length(ds, path)
+
+
+def _check_geometry_tags(ds: pydicom.Dataset, path: Path) -> None:
+    """Position, orientation and pixel spacing as DICOM defines them: finite, two orthonormal
+    direction cosines, positive spacing (to the rounding scanners write)."""
+
+    def numbers(name: str, n: int) -> np.ndarray:
+        try:
+            values = np.array([float(v) for v in ds.get(name)], dtype=float)
+        except (TypeError, ValueError):
+            values = np.array([])
+        if values.size != n or not np.isfinite(values).all():
+            raise InputError(f"{name} {ds.get(name)!r} is not {n} finite numbers", path)
+        return values
+
+    numbers("ImagePositionPatient", 3)
+    iop = numbers("ImageOrientationPatient", 6)
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
+        raise InputError(
+            f"ImageOrientationPatient {list(iop)} is not two orthonormal direction cosines "
+            f"(lengths {np.linalg.norm(row):.3f} and {np.linalg.norm(col):.3f}, dot product {row @ col:.3f})",
+            path,
+        )
+    spacing = numbers("PixelSpacing", 2)
+    if (spacing <= 0).any():
+        raise InputError(f"PixelSpacing {list(spacing)} is not positive", path)
 
 
 def _check_pixel_length(ds: pydicom.Dataset, path: Path) -> None:
