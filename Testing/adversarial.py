@@ -65,11 +65,14 @@ def ct_small() -> Path:
     return Path(get_testdata_file("CT_small.dcm"))
 
 
-def dicom_slice(dest: Path, z: float = 0.0, series: str = "1.2.826.0.1.3680043.8.498.1", **changes) -> Path:
-    ds = pydicom.dcmread(ct_small())
+def dicom_slice(dest: Path, z: float = 0.0, series: str | None = None, source: Path | None = None, **changes):
+    """A copy of CT_small (or ``source``) at height ``z`` with a new SOPInstanceUID, in series
+    ``series`` (default: the source's), with ``changes`` applied (None deletes a tag)."""
+    ds = pydicom.dcmread(source or ct_small())
     ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.SeriesInstanceUID = series
+    if series:
+        ds.SeriesInstanceUID = series
     for key, value in changes.items():
         if value is None:
             if key in ds:

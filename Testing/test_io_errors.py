@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from adversarial import dicom_slice
 
 from conftest import pydicom_test_file
 from CTInvariancesLib.errors import InputError
@@ -16,20 +17,7 @@ from CTInvariancesLib.io.dicom import read_dicom_file
 
 
 def _ct_slice(ct_small: Path, dest: Path, z: float = 0.0, series: str | None = None, **changes):
-    ds = pydicom.dcmread(ct_small)
-    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    if series:
-        ds.SeriesInstanceUID = series
-    for key, value in changes.items():
-        if value is None:
-            if key in ds:
-                delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(dest)
-    return dest
+    return dicom_slice(dest, z=z, series=series, source=ct_small, **changes)
 
 
 def _series(ct_small, folder: Path, zs, series="1.2.3.4", **changes):
