@@ -637,17 +637,27 @@ def _strict_json(path: Path):
 
 
 def _padding_kept(out: Path, argv: list[str], stdout: str = "") -> None:
-    from CTInvariancesLib.io import read_volume
+    from CTInvariancesLib.io import parse_slices, read_volume
 
     _image_out(out, argv)
-    src = read_volume(argv[1], tilt=_input_spec(argv)[2]).select_slices(
-        slice(*map(int, _input_spec(argv)[3].split(":")))
-    )
+    _, _, tilt, slices = _input_spec(argv)
+    src = read_volume(argv[1], tilt=tilt)
+    src = src.select_slices(parse_slices(slices)) if slices else src
     got = read_volume(out)
     mask = src.padding_mask()
-    assert mask is not None and mask.sum() > 1000, "the head series declares PixelPaddingValue -1500"
+    assert mask is not None and mask.sum() > 1000, "the input marks padding (PixelPaddingValue, -3024 HU)"
     assert np.array_equal(got.array[mask], src.array[mask]), "padding voxels were changed"
     assert not np.array_equal(got.array[~mask], src.array[~mask]), "the image itself was not processed"
+
+
+def _padded_nrrd(path: Path) -> Path:
+    """An image file with -3024 HU outside the reconstructed circle (as scanners export it)."""
+    rng = np.random.default_rng(0)
+    _, jj, ii = np.mgrid[:2, :64, :64]
+    r2 = (jj - 32) ** 2 + (ii - 32) ** 2
+    arr = np.where(r2 < 26**2, 40.0, -1000.0) + 15.0 * rng.standard_normal(jj.shape)
+    arr[r2 > 30**2] = -3024.0
+    return nrrd_image(path, array=arr)
 
 
 def _inspect_json(out: Path, argv: list[str], stdout: str = "") -> None:
@@ -797,6 +807,18 @@ def _success_cases() -> list[Case]:
             "ok",
             check=_padding_kept,
             needs_data=True,
+        ),
+        Case(
+            "ok-padding-in-an-image-file",
+            lambda d: _cmd(
+                "denoise",
+                _padded_nrrd(d / "pad.nrrd"),
+                "--input-convention",
+                "hu",
+                denoiser="custom_denoisers:refuses_padding",
+            ),
+            "ok",
+            check=_padding_kept,
         ),
         Case(
             "ok-padding-simulate",

@@ -236,6 +236,14 @@ MUTANTS = (
         ("Testing/test_adversarial.py::test_case[denoiser-network-nan-in-sample]",),
     ),
     Mutant(
+        "image-file-padding-ignored",
+        "an image file's -3024 HU outside the field of view is handed to the denoiser as attenuation",
+        LIB + "io/readers.py",
+        "        vol.padding = arr <= PADDING_BELOW_HU\n",
+        "",
+        ("Testing/test_adversarial.py::test_case[ok-padding-in-an-image-file]",),
+    ),
+    Mutant(
         "regular-grid-positions",
         "an irregularly spaced series places findings and --at points on the regular grid",
         LIB + "io/volume.py",

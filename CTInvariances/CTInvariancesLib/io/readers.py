@@ -22,6 +22,7 @@ WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 # what any CT holds in HU, generously: air (and padding values such as -3024) to dense metal with
 # an extended CT scale; outside it the file holds something else (raw data, another unit)
 HU_PLAUSIBLE = (-10000.0, 100000.0)
+PADDING_BELOW_HU = -1500.0  # an image file's voxels this far below air are padding (see _read_itk_image)
 
 
 def _suffix(path: Path) -> str:
@@ -300,6 +301,15 @@ def _read_itk_image(path: Path, suffix: str) -> CTVolume:
             f"values range {lo:.4g} to {hi:.4g}: not CT numbers in HU (expected within "
             f"{HU_PLAUSIBLE[0]:.0f} to {HU_PLAUSIBLE[1]:.0f})",
             path,
+        )
+    if lo <= PADDING_BELOW_HU:
+        # no CT number lies this far below air: an image file marks outside the scanned field of
+        # view this way (-2048, -3024), as DICOM does with PixelPaddingValue
+        vol.padding = arr <= PADDING_BELOW_HU
+        vol.tags["padding_hu"] = [lo, PADDING_BELOW_HU]
+        vol.warnings.append(
+            f"{int(vol.padding.sum())} voxels at or below {PADDING_BELOW_HU:.0f} HU (down to {lo:.0f}) are "
+            "taken as padding outside the field of view: neither noised nor denoised, kept as they are"
         )
     if lo > -500.0 and hi > 800.0:
         vol.warnings.append(
