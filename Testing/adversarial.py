@@ -310,6 +310,7 @@ def _input_cases() -> list[Case]:
         inp(
             "mhd-absolute-data-path", lambda d: mhd_image(d / "hdr2", data_name=str(d / "abs.raw")), "vol.mhd"
         ),
+        inp("nhdr-gzip-data-outside-folder", lambda d: _nhdr_outside(d), "vol.nhdr", says="outside"),
         inp("mhd-short-data", lambda d: mhd_image(d, n_bytes=1000), "vol.mhd", says="truncated"),
         inp("mhd-huge-dims", lambda d: mhd_image(d, dims=(100000, 100000, 100000), n_bytes=4096), "vol.mhd"),
         inp("dicom-no-pixels", lambda d: dicom_slice(d / "np.dcm", PixelData=None), "np.dcm"),
@@ -894,6 +895,20 @@ def _textdir(folder: Path) -> Path:
     _write(folder / "readme.txt", b"not a scan\n")
     _write(folder / "notes.md", b"# notes\n")
     return folder
+
+
+def _nhdr_outside(d: Path) -> Path:
+    """A detached NRRD header whose gzip data file lies one folder up."""
+    import gzip
+
+    (d / "hdr").mkdir(parents=True, exist_ok=True)
+    (d / "outside.raw.gz").write_bytes(gzip.compress(np.zeros(128, np.float32).tobytes()))
+    path = d / "hdr" / "vol.nhdr"
+    path.write_text(
+        "NRRD0004\ntype: float\ndimension: 3\nsizes: 8 8 2\nencoding: gzip\n"
+        "endian: little\ndata file: ../outside.raw.gz\n\n"
+    )
+    return path
 
 
 def _vector_image(path: Path) -> Path:

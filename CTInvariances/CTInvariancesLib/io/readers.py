@@ -206,6 +206,15 @@ def _check_data_size(path: Path, suffix: str) -> None:
             skips = "headersize" in fields
     except (KeyError, ValueError):
         return  # ITK says what is wrong with the header
+    detached = (
+        ref is not None and ref.upper() != "LOCAL" and not ref.upper().startswith("LIST") and "%" not in ref
+    )
+    data = None
+    if detached:  # whatever the encoding: never read a file outside the header's folder
+        _check_inside(path, ref.split()[0], "NRRD" if suffix in (".nrrd", ".nhdr") else "MetaImage")
+        data = path.parent / ref.split()[0]
+        if not data.is_file():
+            raise InputError(f"data file '{ref}' is missing next to the header", path)
     if size is None or not dims or min(dims) < 1:
         return
     expected = float(np.prod(np.asarray(dims, dtype=np.float64))) * size
@@ -218,16 +227,12 @@ def _check_data_size(path: Path, suffix: str) -> None:
         )
     if compressed or skips:
         return  # compressed streams are checked to their end in _check_complete
-    if ref is None or ref.upper() == "LOCAL":
-        available = path.stat().st_size - offset
-    elif ref.upper() in ("LIST",) or "%" in ref or ref.startswith("LIST"):
-        return
-    else:
-        _check_inside(path, ref.split()[0], "NRRD" if suffix in (".nrrd", ".nhdr") else "MetaImage")
-        data = path.parent / ref.split()[0]
-        if not data.is_file():
-            raise InputError(f"data file '{ref}' is missing next to the header", path)
+    if data is not None:
         available = data.stat().st_size
+    elif ref is None or ref.upper() == "LOCAL":
+        available = path.stat().st_size - offset
+    else:
+        return  # a list of files or a pattern: ITK reads them
     if available < expected:
         raise InputError(
             f"holds {available} bytes of image data where its header promises {int(expected)} "
