@@ -269,6 +269,7 @@ def _input_cases() -> list[Case]:
         inp("missing-path", lambda d: d / "nope.nrrd", "nope.nrrd"),
         inp("empty-folder", lambda d: (d / "empty").mkdir() or d / "empty", "empty"),
         inp("folder-of-text", lambda d: _textdir(d / "docs"), "docs"),
+        inp("only-empty-subfolders", lambda d: _mkdirs(d / "cd" / "a" / "b").parents[1], "cd", says="empty"),
         inp("empty-file", lambda d: _write(d / "e.nrrd", b""), "e.nrrd"),
         inp("random-bytes-nrrd", lambda d: _write(d / "r.nrrd", os.urandom(4096)), "r.nrrd"),
         inp("random-bytes-dcm", lambda d: _write(d / "r.dcm", os.urandom(4096)), "r.dcm"),
@@ -788,6 +789,24 @@ def _success_cases() -> list[Case]:
             check=_run_out,
         ),
         Case(
+            "ok-series-beside-its-dicomdir",
+            lambda d: ["inspect", str(_with_dicomdir(dicom_series(d / "cd"))), "--json"],
+            "ok",
+            out="",
+            check=_inspect_json,
+        ),
+        Case(
+            "ok-export-with-subfolders",
+            lambda d: [
+                "inspect",
+                str(dicom_series(d / "export" / "patient" / "study" / "series").parents[2]),
+                "--json",
+            ],
+            "ok",
+            out="",
+            check=_inspect_json,
+        ),
+        Case(
             "ok-inspect-json",
             lambda d: ["inspect", str(dicom_series(d / "s")), "--json"],
             "ok",
@@ -889,6 +908,19 @@ def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _mkdirs(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _with_dicomdir(folder: Path) -> Path:
+    """A CD's index file (DICOMDIR) beside the series' files."""
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
+    return folder
 
 
 def _textdir(folder: Path) -> Path:

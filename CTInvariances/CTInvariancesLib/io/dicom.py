@@ -194,29 +194,62 @@ def _check_pixel_length(ds: pydicom.Dataset, path: Path) -> None:
         )
 
 
-def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
-    """Group the DICOM files of ``folder`` (not recursive) by SeriesInstanceUID."""
-    if not folder.exists():
-        raise InputError("no such file or folder", folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise InputError("folder is empty", folder)
+def _group_series(files: list[Path]) -> tuple[dict[str, list[_Slice]], list[Path]]:
+    """DICOM image files by SeriesInstanceUID (DICOMDIR index files left out), and the files that
+    look like broken members (empty, or a .dcm/.ima that is not DICOM)."""
     series: dict[str, list[_Slice]] = {}
     suspicious = []
     for path in files:
+        if path.name.upper() == "DICOMDIR":
+            continue
         if not is_dicom_file(path):
             # an empty or unreadable member of a series would silently change its slice spacing
             if path.stat().st_size == 0 or path.suffix.lower() in (".dcm", ".ima"):
                 suspicious.append(path)
             continue
         ds = _read_header(path)
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+        if sop_class == MEDIA_DIRECTORY_SOP_CLASS:
+            continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         series.setdefault(uid, []).append(_Slice(path, ds))
+    return series, suspicious
+
+
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index of a CD or export, no image
+MAX_FILES_BELOW = 20000  # a folder tree searched for series (a CD or an export) holds at most this many
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def scan_folder(folder: Path) -> dict[str, list[_Slice]]:
+    """Group the DICOM files of ``folder`` by SeriesInstanceUID. When the folder itself holds none
+    (a CD or an export: DICOMDIR and subfolders), its subfolders are searched."""
+    if not folder.exists():
+        raise InputError("no such file or folder", folder)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    files = sorted(p for p in entries if p.is_file())
+    if not entries:
+        raise InputError("folder is empty", folder)
+    series, suspicious = _group_series(files)
+    if not series and any(p.is_dir() for p in entries):
+        below = []
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and _visible(p, folder):
+                below.append(p)
+                if len(below) > MAX_FILES_BELOW:
+                    raise InputError(
+                        f"holds no DICOM files itself and more than {MAX_FILES_BELOW} files below it: "
+                        "give the folder of one series",
+                        folder,
+                    )
+        series, suspicious = _group_series(below)
+        files = files or below
     if not series:
-        raise InputError(
-            f"no DICOM files in this folder ({len(files)} other files, e.g. {files[0].name})",
-            folder,
-        )
+        what = f"{len(files)} other files, e.g. {files[0].name}" if files else "only empty subfolders"
+        raise InputError(f"no DICOM files in this folder ({what})", folder)
     if suspicious:
         bad = suspicious[0]
         what = "is empty (0 bytes)" if bad.stat().st_size == 0 else "is not a readable DICOM file"
