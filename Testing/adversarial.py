@@ -371,6 +371,13 @@ def _input_cases() -> list[Case]:
         inp("dicom-colour", lambda d: _colour(d / "rgb.dcm"), "rgb.dcm"),
         inp("two-series-unpicked", lambda d: _two_series(d / "two"), "two"),
         Case(
+            "input-series-for-a-file",
+            lambda d: ["inspect", str(nrrd_image(d / "in.nrrd")), "--series", "1.2.3"],
+            "error",
+            "--series",
+            out="",
+        ),
+        Case(
             "input-two-series-wrong-uid",
             lambda d: ["inspect", str(_two_series(d / "two")), "--series", "9.9"],
             "error",

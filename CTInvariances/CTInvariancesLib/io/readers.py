@@ -43,6 +43,10 @@ def read_volume(path: str | Path, series_uid: str | None = None, tilt: str = "re
         raise InputError("no such file or folder", path)
     if path.is_dir():
         return _checked(read_dicom_folder(path, series_uid=series_uid, tilt=tilt), path)
+    if series_uid is not None:  # a choice that would be silently ignored
+        raise InputError(
+            f"--series {series_uid} picks a series in a DICOM folder; this is a single file", path
+        )
     if path.stat().st_size == 0:
         raise InputError("file is empty", path)
     suffix = _suffix(path)
