@@ -483,6 +483,18 @@ def _more_error_cases() -> list[Case]:
             "error",
             "returns_tuple",
         ),
+        Case(
+            "run-noiseless-image",
+            lambda d: _cmd(
+                "run",
+                nrrd_image(d / "flat.nrrd", array=np.full((1, 64, 64), 40.0)),
+                denoiser="custom_denoisers:smoother",
+            ),
+            "error",
+            "flat.nrrd",
+            out="out",
+            says="slice 0",
+        ),
         Case("run-dicom-seg-for-nrrd", _fix("run", "--dicom-seg"), "error", "--dicom-seg", out="out"),
         Case(
             "memory-sample-too-big",

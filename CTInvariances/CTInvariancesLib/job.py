@@ -167,7 +167,10 @@ class _DenoiserAnalysis:
 
     def __call__(self, k: int, x: np.ndarray, samples: np.ndarray, fx: np.ndarray, entry: dict) -> None:
         vol, sp = self.volume, self.spacing
-        ref = self.refs.get(int(vol.source_slice_indices[k]), x, sp)
+        try:
+            ref = self.refs.get(int(vol.source_slice_indices[k]), x, sp)
+        except ValueError as exc:  # e.g. a slice without soft tissue: say which one
+            raise InputError(f"slice {vol.source_slice_indices[k]}: {exc}", vol.source) from None
         a = noise_referenced_test(x, samples, sp, alpha=self.settings.alpha, reference=ref)
         b = structure_alterations(
             x, samples, sp, reference=ref, index_to_mm=lambda r, c: tuple(vol.index_to_physical(k, r, c))
