@@ -246,6 +246,7 @@ class _DenoiserAnalysis:
                 "labels": self.labels[k].copy(),
                 "significant": int(a.altered.sum()),
                 "findings": len(b.findings),
+                "slice": int(vol.source_slice_indices[k]),  # as findings.csv names it
             }
 
     def close(self) -> None:
@@ -339,7 +340,8 @@ def write_report(path: Path, name: str, report: dict, summary: dict, flips=(Fals
         for c, (title, img) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img[box], cmap="gray", vmin=lo, vmax=hi)
-            ax.set_title(f"{title}" + (f"  (slice {k}, {wname})" if c == 0 else ""), fontsize=9)
+            where = f"  (slice {d.get('slice', k)}, {wname})" if c == 0 else ""
+            ax.set_title(f"{title}{where}", fontsize=9)
         std = np.where(body, d["std"], 0)[box]
         vmax = max(5.0, float(np.percentile(d["std"][body], 99))) if body.any() else 5.0
         im = axes[r, 5].imshow(std, cmap="magma", vmin=0, vmax=vmax)
