@@ -495,6 +495,14 @@ def _more_error_cases() -> list[Case]:
             out="out",
             says="slice 0",
         ),
+        Case(
+            "probe-an-organ-atlas",
+            lambda d: _atlas_probe(d),
+            "error",
+            "atlas.nrrd",
+            out="",
+            says="--label",
+        ),
         Case("run-dicom-seg-for-nrrd", _fix("run", "--dicom-seg"), "error", "--dicom-seg", out="out"),
         Case(
             "memory-sample-too-big",
@@ -927,6 +935,15 @@ def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _atlas_probe(d: Path) -> list[str]:
+    """`probe --mask` with a label image of 120 structures (as an organ segmentation gives)."""
+    ct = nrrd_image(d / "ct.nrrd", shape=(2, 64, 64))
+    labels = np.zeros((2, 64, 64), np.int16)
+    labels[:, 2:62, 2:62] = np.arange(1, 121).repeat(30)[: 60 * 60].reshape(60, 60)
+    atlas = nrrd_image(d / "atlas.nrrd", array=labels, dtype=np.int16)
+    return ["probe", str(ct), "--denoiser", "cnn10", "--mask", str(atlas), "--device", "cpu"]
 
 
 def _mkdirs(folder: Path) -> Path:

@@ -939,6 +939,9 @@ def cmd_probe(args) -> int:
     return 0
 
 
+MAX_PROBE_PROBLEMS = 200  # (structure, slice) pairs one `probe --mask` call may solve
+
+
 def _read_labels(args, vol):
     """The --mask label image, on exactly the input's grid; {label value: bool mask [K, J, I]}."""
     import numpy as np
@@ -966,6 +969,13 @@ def _read_labels(args, vol):
     if not masks or empty:
         what = f"label {empty[0]} is not in it" if empty else "it holds no structure (all 0)"
         raise CTInvariancesError(f"nothing to probe: {what}", args.mask)
+    problems = sum(int(m.any(axis=(1, 2)).sum()) for m in masks.values())
+    if problems > MAX_PROBE_PROBLEMS:  # each is a consistency problem: an organ atlas would run for hours
+        raise CTInvariancesError(
+            f"{len(masks)} structures over {problems} slices: more than {MAX_PROBE_PROBLEMS} probes; "
+            "pick one with --label or fewer slices with --slices",
+            args.mask,
+        )
     return masks
 
 
