@@ -605,7 +605,12 @@ def cmd_evaluate(args) -> int:
         raise CTInvariancesError(str(exc)) from None
     from ..datasets import SOURCES, make_pairs
     from ..evaluation import HOLDOUT_SEED
+    from ..files import check_can_create
 
+    if args.json:  # before the work: a folder that cannot take the file is known now
+        if Path(args.json).is_dir():
+            raise CTInvariancesError("--json: is a folder; give a file name", args.json)
+        check_can_create(Path(args.json).parent)
     den = _load_denoiser(args, resolve_device(args.device))
     with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
         pairs = make_pairs("holdout", args.dose, realisations=1, seed=HOLDOUT_SEED, progress=bar.update)
@@ -626,7 +631,10 @@ def cmd_evaluate(args) -> int:
         f"{res['ssim_gain']:+6.3f} ({res['ssim_gain_whole_slice']:+5.3f})"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        from ..invariance.pipeline import finite_json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(finite_json(res), indent=2, allow_nan=False) + "\n")
     if args.update_card:
         _update_card(den, res)
     return 0
@@ -688,6 +696,8 @@ def _install(path, name: str | None, overwrite: bool = False, arch: str | None =
     from ..denoisers import load_denoiser
     from ..model_folders import BUNDLED_DENOISERS, install_denoiser
 
+    if Path(path).suffix not in (".safetensors", ".pt"):
+        raise CTInvariancesError("install takes a .safetensors (with its .json card) or a .pt denoiser", path)
     load_denoiser(str(path), arch=arch)  # it loads (hash, card, weights) before it is offered
     dest = install_denoiser(path, name, overwrite)
     pick = f"user/{dest.stem}" if dest.stem in BUNDLED_DENOISERS else dest.stem
