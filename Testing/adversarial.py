@@ -427,6 +427,7 @@ def _denoiser_cases() -> list[Case]:
             "evil.safetensors",
         ),
         den("garbage-pt", lambda d: _write(d / "g.pt", os.urandom(2048)), "g.pt"),
+        den("whole-pickled-model", _whole_model, "whole.pt", says="state_dict"),
         den("garbage-pt2", lambda d: _write(d / "g.pt2", os.urandom(2048)), "g.pt2"),
         den("zip-not-torchscript", lambda d: _zipfile(d / "z.pt"), "z.pt"),
         den("no-such-module", lambda d: "no_such_module_xyz:make", "no_such_module_xyz"),
@@ -1073,6 +1074,16 @@ def _malicious_pickle(d: Path, name: str = "evil.pt") -> Path:
     path = d / name
     path.write_bytes(pickle.dumps({"model_state_dict": _Evil()}))
     return path
+
+
+def _whole_model(d: Path) -> Path:
+    """torch.save(model): a whole pickled network (its class is code), not weights."""
+    import torch
+
+    from CTInvariancesLib.denoisers import build_denoiser
+
+    torch.save(build_denoiser("cnn10"), d / "whole.pt")
+    return d / "whole.pt"
 
 
 def _zipfile(path: Path) -> Path:

@@ -182,7 +182,11 @@ def load_published_checkpoint(path: str | Path, arch: str, expected_sha256: str 
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Weights only load failed" in first:
             # torch's own text advises weights_only=False, i.e. running the file's code: never
-            first = "it holds Python objects besides tensors, and loading those could run code; refused"
+            first = (
+                "it holds Python objects besides tensors, and loading those could run code; refused. "
+                "A whole pickled model: save its state_dict instead, or export it with torch.jit.script "
+                "or torch.export and pass that file"
+            )
         raise WeightsError(f"not a loadable torch checkpoint ({first})", path) from None
     state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
