@@ -276,3 +276,19 @@ def test_segments_round_trip_and_become_a_label_image_on_the_input_grid(scene_an
         np.testing.assert_allclose(getattr(written, what), getattr(ct, what), atol=1e-6)
     np.testing.assert_array_equal(written.array, labels)
     assert not [n for n in slicer.util.getNodes("__ctinvariances_temp__*")]  # no helper nodes left
+
+
+def test_results_follow_the_input_s_transform(scene_and_input, run_dir):
+    """A registered input (under a transform) gets its results under the same transform."""
+    scene, node = scene_and_input
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    try:
+        nodes = load_results(run_dir, node)["cnn10"]
+        for key in ("denoised", "std_map", "alteration_map", "segmentation"):
+            assert nodes[key].GetTransformNodeID() == transform.GetID(), key
+        proxy = nodes["browser"].GetProxyNode(nodes["samples"])
+        assert proxy is not None and proxy.GetTransformNodeID() == transform.GetID()
+    finally:
+        node.SetAndObserveTransformNodeID(None)
+        scene.RemoveNode(transform)

@@ -239,6 +239,11 @@ def _sequence(scene, browser, ijk_to_ras, tag, sh, folder_item, path: Path, name
     else:
         browser.AddSynchronizedSequenceNode(seq)
     proxy = browser.GetProxyNode(seq)
+    if proxy is None:  # Slicer's sequences module makes it; a bare scene (slicer-core) needs a logic
+        logic = slicer.vtkSlicerSequencesLogic()
+        logic.SetMRMLScene(scene)
+        logic.UpdateProxyNodesFromSequences(browser)
+        proxy = browser.GetProxyNode(seq)
     if proxy is not None:
         proxy.SetName(proxy_name)
         proxy.SetAttribute(RUN_ATTRIBUTE, tag)
@@ -330,8 +335,23 @@ def load_results(run_dir: str | Path, input_volume_node, scene=None) -> dict[str
         ):
             if (folder / file).exists():
                 nodes[key] = _table(scene, folder / file, f"{base} {name} {title}", tag, fitem, sh)
+        _follow_transform(nodes, input_volume_node)
         out[name] = nodes
     return out
+
+
+def _follow_transform(nodes: dict, input_node) -> None:
+    """Results lie where the input lies: under the input's parent transform (a registered scan),
+    including the samples browser's proxy volumes."""
+    transform_id = input_node.GetTransformNodeID()
+    targets = [n for n in nodes.values() if hasattr(n, "IsA") and n.IsA("vtkMRMLTransformableNode")]
+    browser = nodes.get("browser")
+    if browser is not None:
+        for key in ("samples", "significance_maps"):
+            if nodes.get(key) is not None and browser.GetProxyNode(nodes[key]) is not None:
+                targets.append(browser.GetProxyNode(nodes[key]))
+    for node in targets:
+        node.SetAndObserveTransformNodeID(transform_id)
 
 
 def _folders_tagged(sh, tag: str) -> list[int]:
