@@ -179,10 +179,10 @@ class CTInvariancesWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start the analysis.", waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
-            params = self.logic.runParameters(self._parameterNode)
             try:
+                params = self.logic.runParameters(self._parameterNode)
                 self._job = self.logic.runner.start(self._parameterNode.inputVolume, params)
-            except InputNodeError as exc:  # the user's volume: a message, not a traceback dialog
+            except (ValueError, InputNodeError) as exc:  # the user's choices: a message, no traceback
                 slicer.util.errorDisplay(str(exc))
                 return
             self.ui.applyButton.enabled, self.ui.cancelButton.enabled = False, True
@@ -409,6 +409,8 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
                 r, a, s = point.GetNthControlPointPositionWorld(0)
                 where = ["--at", f"{-r},{-a},{s}", "--diameter", p.probeDiameter]
             denoiser = p.customDenoiserPath if p.denoiser == "custom file" else p.denoiser
+            if not denoiser:
+                raise ValueError("Choose a denoiser file.")
             proc = subprocess.run(
                 self.runner.cli_command(
                     "probe",
