@@ -940,6 +940,45 @@ def _signal_cases() -> list[Case]:
     ]
 
 
+def _sigkill_cases() -> list[Case]:
+    """Killed outright (SIGKILL, the out-of-memory killer): nothing can clean up, so the next run of
+    the same command must clear what was left and succeed."""
+    import signal
+
+    def slow(command: str, out: str):
+        def build(d: Path) -> list[str]:
+            den = "custom_denoisers:slow_identity" if command != "simulate-low-dose" else None
+            return _cmd(command, dicom_series(d / "series", n=12), denoiser=den)
+
+        return build
+
+    return [
+        Case(
+            "signal-sigkill-then-rerun-sample",
+            slow("sample", "run"),
+            "ok",
+            out="run",
+            signal=signal.SIGKILL,
+            check=_sample_out,
+        ),
+        Case(
+            "signal-sigkill-then-rerun-run",
+            slow("run", "run"),
+            "ok",
+            out="run",
+            signal=signal.SIGKILL,
+            check=_run_out,
+        ),
+        Case(
+            "signal-sigkill-then-rerun-denoise",
+            slow("denoise", "out.nrrd"),
+            "ok",
+            signal=signal.SIGKILL,
+            check=_image_out,
+        ),
+    ]
+
+
 def all_cases() -> list[Case]:
     return (
         _option_cases()
@@ -949,6 +988,7 @@ def all_cases() -> list[Case]:
         + _output_cases()
         + _success_cases()
         + _signal_cases()
+        + _sigkill_cases()
     )
 
 
@@ -1181,6 +1221,10 @@ def run_case(case: Case, tmp: Path) -> Outcome:
     Path(EVIL_MARKER).unlink(missing_ok=True)
     if case.signal is not None:
         rc, stdout, stderr, exc = _child(argv, case.signal, case.timeout_s)
+        if case.expect == "ok":  # killed outright (no clean-up can run): the same command again
+            before_all = _snapshot(tmp)  # the leftovers are the earlier run's; the rerun must clear them
+            rc, stdout, stderr, exc = _in_process(argv)
+            before_all = {k: v for k, v in before_all.items() if ".partial" not in k}
     else:
         rc, stdout, stderr, exc = _in_process(argv)
     problems: list[str] = []
@@ -1203,7 +1247,7 @@ def run_case(case: Case, tmp: Path) -> Outcome:
             return Outcome(
                 "wrong_success", f"exit 0, expected an error naming {case.names!r}", stderr, problems
             )
-        leftovers = [n for n in new if ".partial" in n or "/.tmp" in n or n.startswith("out/.")]
+        leftovers = [n for n in after if ".partial" in n or "/.tmp" in n or n.startswith("out/.")]
         if leftovers:
             problems.append("leftover: " + ", ".join(leftovers))
         try:

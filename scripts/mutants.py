@@ -244,6 +244,22 @@ MUTANTS = (
         ("Testing/test_adversarial.py::test_case[ok-padding-in-an-image-file]",),
     ),
     Mutant(
+        "sigkill-leftovers-kept-sample",
+        "a sample run killed outright leaves partial files that the next run keeps",
+        LIB + "invariance/pipeline.py",
+        "    remove_stale_partials(out)  #",
+        "    (out)  #",
+        ("Testing/test_adversarial.py::test_case[signal-sigkill-then-rerun-sample]",),
+    ),
+    Mutant(
+        "sigkill-leftovers-kept-run",
+        "a main job killed outright leaves its partial folder beside the output",
+        LIB + "job.py",
+        "    remove_stale_partials(out.parent)  #",
+        "    (out.parent)  #",
+        ("Testing/test_adversarial.py::test_case[signal-sigkill-then-rerun-run]",),
+    ),
+    Mutant(
         "regular-grid-positions",
         "an irregularly spaced series places findings and --at points on the regular grid",
         LIB + "io/volume.py",

@@ -114,3 +114,45 @@ def input_sha256(path: str | Path) -> str | None:
         h.update(f.relative_to(path.parent if path.is_file() else path).as_posix().encode() + b"\0")
         h.update(bytes.fromhex(sha256_of(f)))
     return h.hexdigest()
+
+
+_PARTIAL = re.compile(r"\.partial-(\d+)")
+
+
+def partial_name(name: str) -> str:
+    """The name a file or folder has while it is being written: it carries this process's id, so a
+    later run can tell a leftover of a process that was killed outright from work in progress."""
+    return f"{name}.partial-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks existence
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | Path) -> list[Path]:
+    """Remove what runs killed outright (SIGKILL, the out-of-memory killer: no clean-up ran) left
+    in ``folder``: entries named ``*.partial-<pid>`` of processes that no longer exist. Returns them.
+    POSIX only (elsewhere nothing is removed)."""
+    import shutil
+
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        m = _PARTIAL.search(p.name)
+        if m and not _alive(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -33,7 +33,7 @@ from .analysis import (
 from .analysis.probes import NO_PROBE
 from .analysis.structures import KINDS
 from .errors import InputError
-from .files import check_can_create, input_sha256
+from .files import check_can_create, input_sha256, partial_name, remove_stale_partials
 from .invariance.consistency import DEFAULT_STEPS
 from .invariance.pipeline import finite_json, sample_volume
 from .io.streaming import StreamingNrrdWriter
@@ -402,7 +402,8 @@ def run_job(
     if len(set(names)) != len(names):
         raise InputError(f"denoiser names must differ (got {', '.join(names)})", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_stale_partials(out.parent)  # what a run killed outright (no clean-up ran) left behind
+    tmp = out.parent / f".{partial_name(out.name)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import Cancelled
-from ..files import check_can_create, input_sha256
+from ..files import check_can_create, input_sha256, partial_name, remove_stale_partials
 from ..io.streaming import StreamingNrrdWriter
 from ..io.volume import CTVolume, restore_padding, without_padding
 from ..lowdose import estimate_noise_hu
@@ -110,6 +110,7 @@ def sample_volume(
     """
     out = Path(out_dir)
     check_output_folder(out, overwrite)
+    remove_stale_partials(out)  # what an earlier run killed outright (no clean-up ran) left behind
     # the outermost folder this run creates: removed again if the run fails
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +317,6 @@ def finite_json(obj):
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(partial_name(path.name))
     tmp.write_text(json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)

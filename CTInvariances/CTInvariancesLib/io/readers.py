@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..files import default_file_mode
+from ..files import default_file_mode, partial_name, remove_stale_partials
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_folder
 from .volume import CTVolume
 
@@ -336,7 +336,8 @@ def write_volume(volume: CTVolume, path: str | Path) -> Path:
         raise InputError(f"cannot write '{suffix}': use one of {', '.join(WRITE_SUFFIXES)}", path)
     image = to_sitk(volume)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    remove_stale_partials(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{partial_name('')}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=True)

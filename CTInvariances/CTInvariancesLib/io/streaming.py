@@ -2,7 +2,7 @@
 
 Used for sampling outputs: a scalar volume (``denoised.nrrd``, ``std_map.nrrd``) or a Slicer volume
 sequence (``samples.seq.nrrd``: sizes I J K N, kinds ``domain domain domain list``, list axis last,
-as Slicer writes it). Data go to ``<name>.partial`` and are renamed on ``close()``; ``abort()``
+as Slicer writes it). Data go to ``<name>.partial-<pid>`` and are renamed on ``close()``; ``abort()``
 (or an exception inside ``with``) removes them, so a failed run leaves no half-written file.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..files import default_file_mode
+from ..files import default_file_mode, partial_name
 from .volume import CTVolume
 
 
@@ -33,7 +33,7 @@ class StreamingNrrdWriter:
         extra: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = self.path.with_name(partial_name(self.path.name))
         k, j, i = geometry.shape
         self.shape = (k, j, i) if n_items is None else (n_items, k, j, i)
         dmat = geometry.direction_matrix
