@@ -520,6 +520,21 @@ def _more_error_cases() -> list[Case]:
             out="",
         ),
         Case(
+            "evaluate-json-exists",
+            lambda d: [
+                "evaluate",
+                "--denoiser",
+                "cnn10",
+                "--json",
+                str(_write(d / "old.json", b"{}")),
+                "--device",
+                "cpu",
+            ],
+            "error",
+            "--overwrite",
+            out="",
+        ),
+        Case(
             "probe-an-organ-atlas",
             lambda d: _atlas_probe(d),
             "error",

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     p.add_argument("--window", default="soft-tissue", help="soft-tissue (W400/L40), lung, or C,W")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--update-card", action="store_true", help="store the results in the model card")
     p.add_argument("--device", default="auto")
     _add_denoiser_args(p)
@@ -610,6 +611,8 @@ def cmd_evaluate(args) -> int:
     if args.json:  # before the work: a folder that cannot take the file is known now
         if Path(args.json).is_dir():
             raise CTInvariancesError("--json: is a folder; give a file name", args.json)
+        if Path(args.json).exists() and not args.overwrite:
+            raise CTInvariancesError("--json: exists; choose another name or give --overwrite", args.json)
         check_can_create(Path(args.json).parent)
     den = _load_denoiser(args, resolve_device(args.device))
     with _progress(sum(len(s.holdout) for s in SOURCES), "held-out pairs") as bar:
