@@ -960,37 +960,17 @@ def _sigkill_cases() -> list[Case]:
     the same command must clear what was left and succeed."""
     import signal
 
-    def slow(command: str, out: str):
+    def slow(command: str):
         def build(d: Path) -> list[str]:
             den = "custom_denoisers:slow_identity" if command != "simulate-low-dose" else None
             return _cmd(command, dicom_series(d / "series", n=12), denoiser=den)
 
         return build
 
+    runs = (("sample", "run", _sample_out), ("run", "run", _run_out), ("denoise", "out.nrrd", _image_out))
     return [
-        Case(
-            "signal-sigkill-then-rerun-sample",
-            slow("sample", "run"),
-            "ok",
-            out="run",
-            signal=signal.SIGKILL,
-            check=_sample_out,
-        ),
-        Case(
-            "signal-sigkill-then-rerun-run",
-            slow("run", "run"),
-            "ok",
-            out="run",
-            signal=signal.SIGKILL,
-            check=_run_out,
-        ),
-        Case(
-            "signal-sigkill-then-rerun-denoise",
-            slow("denoise", "out.nrrd"),
-            "ok",
-            signal=signal.SIGKILL,
-            check=_image_out,
-        ),
+        Case(f"signal-sigkill-then-rerun-{c}", slow(c), "ok", out=out, signal=signal.SIGKILL, check=check)
+        for c, out, check in runs
     ]
 
 
