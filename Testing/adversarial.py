@@ -963,7 +963,7 @@ def _sigkill_cases() -> list[Case]:
     def slow(command: str):
         def build(d: Path) -> list[str]:
             den = "custom_denoisers:slow_identity" if command != "simulate-low-dose" else None
-            return _cmd(command, dicom_series(d / "series", n=12), denoiser=den)
+            return _cmd(command, dicom_series(d / "series", n=4), denoiser=den)
 
         return build
 
