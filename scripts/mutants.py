@@ -239,8 +239,8 @@ MUTANTS = (
         "image-file-padding-ignored",
         "an image file's -3024 HU outside the field of view is handed to the denoiser as attenuation",
         LIB + "io/readers.py",
-        "    if lo <= PADDING_BELOW_HU:",
-        "    if False:",
+        "    padding = arr <= PADDING_BELOW_HU if lo <= PADDING_BELOW_HU else None",
+        "    padding = None",
         ("Testing/test_adversarial.py::test_case[ok-padding-in-an-image-file]",),
     ),
     Mutant(

@@ -86,17 +86,6 @@ def _check_header(path: Path, suffix: str) -> None:
                 f"unreadable NRRD header: the file must start with 'NRRD000x', found {magic[:8]!r}",
                 path,
             )
-    if suffix == ".mhd":
-        text = path.read_text(errors="replace")
-        m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, re.M)
-        if not m:
-            raise InputError("MetaImage header has no ElementDataFile line", path)
-        ref = m.group(1).split()[0]
-        if ref.upper() not in ("LOCAL", "LIST") and "%" not in ref:
-            _check_inside(path, ref, "MetaImage")
-            data = path.parent / ref
-            if not data.exists():
-                raise InputError(f"MetaImage data file '{ref}' is missing next to the header", path)
     _check_data_size(path, suffix)
 
 
@@ -192,6 +181,20 @@ def _check_data_size(path: Path, suffix: str) -> None:
     if suffix not in (".nrrd", ".nhdr", ".mha", ".mhd"):
         return
     fields, offset = _header_fields(path, suffix)
+    nrrd = suffix in (".nrrd", ".nhdr")
+    ref = (fields.get("data file") or fields.get("datafile")) if nrrd else fields.get("elementdatafile")
+    if suffix == ".mhd" and ref is None:
+        raise InputError("MetaImage header has no ElementDataFile line", path)
+    detached = (
+        ref is not None and ref.upper() != "LOCAL" and not ref.upper().startswith("LIST") and "%" not in ref
+    )
+    data = None
+    if detached:  # whatever the encoding or the rest of the header: never read outside its folder
+        kind = "NRRD" if nrrd else "MetaImage"
+        _check_inside(path, ref.split()[0], kind)
+        data = path.parent / ref.split()[0]
+        if not data.is_file():
+            raise InputError(f"{kind} data file '{ref.split()[0]}' is missing next to the header", path)
     try:
         if suffix in (".nrrd", ".nhdr"):
             dims = [int(v) for v in fields["sizes"].split()]
@@ -199,26 +202,15 @@ def _check_data_size(path: Path, suffix: str) -> None:
             size = next((n for n, names in _NRRD_BYTES.items() if kind in names), None)
             encoding = fields.get("encoding", "raw").lower()
             compressed = encoding not in ("raw",)
-            ref = fields.get("data file") or fields.get("datafile")
             skips = "byte skip" in fields or "line skip" in fields or "byteskip" in fields
         else:
             dims = [int(v) for v in fields["dimsize"].split()]
             size = _MET_BYTES.get(fields.get("elementtype", "").upper())
             size = size * int(fields.get("elementnumberofchannels", 1)) if size else None
             compressed = fields.get("compresseddata", "false").lower() == "true"
-            ref = fields.get("elementdatafile")
             skips = "headersize" in fields
     except (KeyError, ValueError):
         return  # ITK says what is wrong with the header
-    detached = (
-        ref is not None and ref.upper() != "LOCAL" and not ref.upper().startswith("LIST") and "%" not in ref
-    )
-    data = None
-    if detached:  # whatever the encoding: never read a file outside the header's folder
-        _check_inside(path, ref.split()[0], "NRRD" if suffix in (".nrrd", ".nhdr") else "MetaImage")
-        data = path.parent / ref.split()[0]
-        if not data.is_file():
-            raise InputError(f"data file '{ref}' is missing next to the header", path)
     if size is None or not dims or min(dims) < 1:
         return
     expected = float(np.prod(np.asarray(dims, dtype=np.float64))) * size
@@ -303,18 +295,18 @@ def _read_itk_image(path: Path, suffix: str) -> CTVolume:
         direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
     else:
         spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-    vol = CTVolume(arr, spacing, origin, direction, tags={}, source=str(path))
     lo, hi = float(arr.min()), float(arr.max())
+    # no CT number lies far below air: an image file marks outside the scanned field of view this
+    # way (-2048, -3024), as DICOM does with PixelPaddingValue
+    padding = arr <= PADDING_BELOW_HU if lo <= PADDING_BELOW_HU else None
+    vol = CTVolume(arr, spacing, origin, direction, tags={}, source=str(path), padding=padding)
     if np.isfinite([lo, hi]).all() and (lo < HU_PLAUSIBLE[0] or hi > HU_PLAUSIBLE[1]):
         raise InputError(
             f"values range {lo:.4g} to {hi:.4g}: not CT numbers in HU (expected within "
             f"{HU_PLAUSIBLE[0]:.0f} to {HU_PLAUSIBLE[1]:.0f})",
             path,
         )
-    if lo <= PADDING_BELOW_HU:
-        # no CT number lies this far below air: an image file marks outside the scanned field of
-        # view this way (-2048, -3024), as DICOM does with PixelPaddingValue
-        vol.padding = arr <= PADDING_BELOW_HU
+    if padding is not None:
         vol.tags["padding_hu"] = [lo, PADDING_BELOW_HU]
         vol.warnings.append(
             f"{int(vol.padding.sum())} voxels at or below {PADDING_BELOW_HU:.0f} HU (down to {lo:.0f}) are "
