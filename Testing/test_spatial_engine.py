@@ -44,11 +44,16 @@ def _randomised(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> to
     return model.eval()
 
 
+def _inn_config(noise_condition: bool = True, **kw) -> SpatialCINNConfig:
+    extra = {} if noise_condition else {"noise_scale": False, "noise_map": False}
+    return SpatialCINNConfig(
+        n_flows=3, hidden=16, cond_width=8, noise_condition=noise_condition, **{**extra, **kw}
+    )
+
+
 def _engine(noise_condition: bool = True):
     vae = _randomised(SpatialCVAE(SMALL_VAE), 1)
-    inn = _randomised(
-        SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8, noise_condition=noise_condition)), 2
-    )
+    inn = _randomised(SpatialCINN(_inn_config(noise_condition)), 2)
     return vae, inn
 
 
@@ -178,7 +183,7 @@ def test_warm_start_adds_the_noise_channel_and_starts_as_the_old_model(tmp_path)
     from CTInvariancesLib.weights import read_card
 
     path = save_cinn(old, tmp_path / "old.safetensors", _denoiser(), read_card(vae_path), {})
-    new = SpatialCINN(SpatialCINNConfig(n_flows=3, hidden=16, cond_width=8, noise_condition=True), seed=5)
+    new = SpatialCINN(_inn_config(True), seed=5)  # with the noise channel, scale and map
     info = _warm_start(new, str(path))
     assert info["sha256"]
     new.eval()
@@ -191,3 +196,81 @@ def test_warm_start_adds_the_noise_channel_and_starts_as_the_old_model(tmp_path)
     with pytest.raises(CTInvariancesError, match="does not exist"):
         _warm_start(bigger.__class__(SpatialCINNConfig(n_flows=2, hidden=16, cond_width=8)), str(path))
 
+
+def test_noise_level_map_takes_one_level_or_a_local_map_pooled_to_the_latent():
+    from CTInvariancesLib.invariance.spatial import noise_level_map
+
+    like = torch.zeros(2, 8, 4, 6)
+    flat = noise_level_map(torch.tensor([5.0, 20.0]), like)
+    assert flat.shape == (2, 1, 4, 6) and abs(float(flat[1].max())) < 1e-6
+    local = torch.full((2, 1, 8, 12), 20.0)
+    local[:, :, :, :6] = 5.0
+    m = noise_level_map(local, like)
+    assert torch.allclose(m[:, :, :, :3], torch.full_like(m[:, :, :, :3], float(np.log(0.25))))
+    assert torch.allclose(m[:, :, :, 3:], torch.zeros_like(m[:, :, :, 3:]))
+    with pytest.raises(ValueError, match="does not fit"):
+        noise_level_map(torch.ones(2, 1, 9, 12), like)
+
+
+def test_noise_scale_initialisation_gives_samples_the_local_spread_of_the_noise_map():
+    """Latents whose local spread follows the noise map (noisier on the right, as behind the spine):
+    after the data-dependent initialisation, a fresh cINN's samples t^-1(v) have that spread where
+    the map says, not one average spread; without the scale they have one spread everywhere."""
+    g = torch.Generator().manual_seed(0)
+    sigma = torch.full((8, 1, 32, 32), 5.0)  # HU, at the slice's resolution
+    sigma[..., 16:] = 30.0
+    spread = (sigma[:, :, ::2, ::2] / 20.0) ** 0.8  # the latent's local spread grows with the noise
+    z = torch.randn(8, 4, 16, 16, generator=g) * spread
+    fx = torch.zeros(8, 1, 32, 32)
+    ratios = {}
+    for scale in (True, False):
+        inn = SpatialCINN(_inn_config(noise_scale=scale), seed=0).train()
+        with torch.no_grad():
+            inn(z, fx, noise_hu=sigma)  # data-dependent initialisation (ActNorm, noise scale)
+        inn.eval()
+        with torch.no_grad():
+            zs = inn.reverse(torch.randn(8, 4, 16, 16, generator=g), fx, noise_hu=sigma)
+        ratios[scale] = float(zs[..., 8:].std() / zs[..., :8].std())
+    truth = float((30.0 / 5.0) ** 0.8)  # 4.2
+    assert abs(ratios[True] / truth - 1) < 0.15, ratios
+    assert ratios[False] < 1.5, ratios
+
+
+def test_patch_sampler_crops_the_noise_maps_with_the_slices():
+    from CTInvariancesLib.normalization import normalized_to_hu
+    from CTInvariancesLib.training.data import PatchSampler
+
+    rng = np.random.default_rng(0)
+    ld = rng.normal(0, 100, (3, 40, 40)).astype(np.float32)
+    fd = np.zeros_like(ld)
+    ps = PatchSampler(ld, fd, 16, seed=1, noise_hu=ld.copy())  # the "map" is the slice itself
+    for _ in range(3):
+        x, _ = ps.batch(5)
+        assert ps.last_noise_hu.shape == (5, 1, 16, 16)
+        np.testing.assert_allclose(normalized_to_hu(x.numpy()), ps.last_noise_hu.numpy(), atol=1e-2)
+
+
+def test_a_noise_map_cinn_is_conditioned_on_the_local_noise_map_of_x():
+    """The sampler's sample k is t^-1(v_k | f(x), local noise map of x) decoded: the map, not one
+    level for the slice (the two give different samples)."""
+    from CTInvariancesLib.invariance.sampler import latent_draws, slice_noise_map
+    from CTInvariancesLib.normalization import hu_to_normalized, normalized_to_hu
+
+    vae, inn = _engine()
+    assert inn.cfg.noise_map
+    with torch.no_grad():
+        inn.scale.b.fill_(1.5)  # the latent's spread follows the noise level strongly
+    x, px = _slice(96), (0.8, 0.8)
+    res = SpatialInvarianceSampler(_denoiser(), vae, inn).sample(x, 2, seed=3, pixel_mm=px)
+    nm = slice_noise_map(x, px)
+    body = x > -500
+    assert nm[body].std() / nm[body].mean() > 0.02  # the noise of x varies over the slice
+    v = latent_draws(2, vae.latent_shape(96, 96), 3, 1.0, offset=0)
+    fx = torch.from_numpy(hu_to_normalized(res.denoised))[None, None].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        local = vae.decode(
+            inn.reverse(v, fx, noise_hu=torch.from_numpy(nm)[None, None].expand(2, -1, -1, -1)), fx
+        )
+        flat = vae.decode(inn.reverse(v, fx, noise_hu=float(np.median(nm[body]))), fx)
+    np.testing.assert_allclose(res.samples, normalized_to_hu(local[:, 0].numpy()), atol=2e-3)
+    assert np.abs(res.samples - normalized_to_hu(flat[:, 0].numpy()))[:, body].mean() > 0.02

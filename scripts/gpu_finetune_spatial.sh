@@ -3,11 +3,13 @@
 #
 #   scripts/gpu_finetune_spatial.sh OUT [CINN_MINUTES] [RAW_SECONDS] [CONSISTENT_SECONDS]
 #
-# 1. the four noise-conditioned cINNs, warm-started from the bundled ones (--init), trained side by
-#    side on one GPU for CINN_MINUTES each beside the bundled spatial cVAE (batch 64, 128 px crops);
+# 1. the four noise-conditioned cINNs, warm-started from the bundled ones (--init; INIT=none: from
+#    scratch, the architecture of this checkout), trained side by side on one GPU for CINN_MINUTES
+#    each beside the bundled spatial cVAE (batch 64, 128 px crops);
 # 2. the raw table (K = 16, no consistency step) on the held-out slices, abdomen first, until
 #    RAW_SECONDS have passed;
-# 3. the consistent table (noise and cinn samplers, default step) until CONSISTENT_SECONDS.
+# 3. the consistent table (noise and cinn samplers, default step) until CONSISTENT_SECONDS, on the
+#    held-out slices CONS_SLICES (indices as for measure_exact_invariances.py; default "2 0 1").
 # Writes OUT/engine.tar (cINNs, cards, logs) and OUT/results.tar (JSON, logs).
 # Needs the repository's dependencies, or the decoded-volume cache (see scripts/gpu_recipe.sh).
 set -u
@@ -15,6 +17,8 @@ OUT=${1:?usage: gpu_finetune_spatial.sh OUT [CINN_MINUTES] [RAW_SECONDS] [CONSIS
 CINN_MIN=${2:-3.5}
 RAW_S=${3:-50}
 CONS_S=${4:-90}
+INIT=${INIT:-bundled}
+CONS_SLICES=${CONS_SLICES:-2 0 1}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$(mktemp -d)}
 RUN=$WORK/engine
@@ -35,12 +39,17 @@ from CTInvariancesLib.datasets import make_pairs
 from CTInvariancesLib.evaluation import HOLDOUT_SEED
 make_pairs("train", 0.25, 2, 0)
 make_pairs("holdout", 0.25, realisations=2, seed=HOLDOUT_SEED)
+from CTInvariancesLib.training.invariance import _data_tag, noise_maps_cached, training_slices
+s = training_slices((), 0.25, 2, 0)
+noise_maps_cached(s, _data_tag(s["names"]) + "0.25-2-0", "cuda" if __import__("torch").cuda.is_available() else "cpu")
 PYEOF
 
 cp "$BUNDLED"/cvae.* "$RUN"/
 stamp "fine-tune four cINNs side by side"
 for d in cnn10 redcnn wganvgg dugan; do
-    $CLI train cinn --denoiser $d --cvae "$RUN" --out "$RUN" --init "$BUNDLED/cinn-$d.safetensors" \
+    init=(--init "$BUNDLED/cinn-$d.safetensors")
+    [ "$INIT" = none ] && init=()
+    $CLI train cinn --denoiser $d --cvae "$RUN" --out "$RUN" "${init[@]}" \
         --steps 40000 --time-limit "$CINN_MIN" --batch-size 64 --checkpoint-every 1000 \
         --device "$DEV" > "$RES/train_cinn_$d.log" 2>&1 &
 done
@@ -56,7 +65,7 @@ tail -20 "$RES/measure_raw.log"
 
 stamp "consistent table"
 timeout $(( CONS_S + 60 )) $PY "$HERE/scripts/measure_exact_invariances.py" --device "$DEV" \
-    --batch-size 16 --cvae "$RUN" --deadline "$CONS_S" --slices 2 0 1 \
+    --batch-size 16 --cvae "$RUN" --deadline "$CONS_S" --slices $CONS_SLICES \
     --out "$RES/spatial_consistent_gpu.json" > "$RES/measure_consistent.log" 2>&1
 tail -14 "$RES/measure_consistent.log"
 stamp "done"

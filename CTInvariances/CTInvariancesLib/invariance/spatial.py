@@ -60,6 +60,14 @@ class SpatialCINNConfig:
     # condition also on the noise level of x (the project's estimator, one number per slice): f(x)
     # does not say how noisy x was, and p(z | f(x)) differs between a 5 HU and a 25 HU slice
     noise_condition: bool = True
+    # a conditional affine map on z, z = h exp(s) + t, with s = a + b log(sigma / 20 HU) + S(features)
+    # and t = T(features) per latent pixel: the spread of the encoder's latent grows with the noise of
+    # x (abdomen 0.7-1.0, head 0.15-0.3 per channel), which the couplings alone learned only in part
+    # (README, "Why a learned sampler does not vary out of the box")
+    noise_scale: bool = True
+    # the noise condition is a local map (sampler.slice_noise_map: the simulator's local noise std of
+    # x), not one number per slice: the latent's local spread follows it (abdomen: a factor of 4)
+    noise_map: bool = True
     arch: str = ARCH
     name: str = field(default="spatial", compare=False)
 
@@ -69,7 +77,12 @@ class SpatialCINNConfig:
     @staticmethod
     def from_dict(d: dict) -> SpatialCINNConfig:
         # cards written before the noise-level condition existed describe models without it
-        return SpatialCINNConfig(**{"noise_condition": False, **d})
+        # and those written before the conditional affine map without it
+        return SpatialCINNConfig(**{"noise_condition": False, "noise_scale": False, "noise_map": False, **d})
+
+    def __post_init__(self) -> None:
+        if (self.noise_scale or self.noise_map) and not self.noise_condition:
+            raise ValueError("noise_scale and noise_map need noise_condition (the noise level of x)")
 
 
 def is_spatial(cfg_dict: dict) -> bool:
@@ -256,12 +269,81 @@ class SpatialFlowStep(nn.Module):
         return self.norm.reverse(self.mix.reverse(self.coupling.reverse(h, c)))
 
 
+class NoiseScale(nn.Module):
+    """The conditional affine map at the latent's end of the flow: z = h exp(s) + t per latent pixel,
+    s = a + b l + S(c), t = T(c), with l = log(sigma / 20 HU) (the last channel of the condition c)
+    and S, T a small convolutional net of c whose last layer starts at zero. s is soft-clamped as in
+    the couplings; the map starts as the identity (a = b = 0)."""
+
+    def __init__(self, ch: int, cond_width: int, hidden: int, clamp: float) -> None:
+        super().__init__()
+        self.clamp = clamp
+        self.a = nn.Parameter(torch.zeros(1, ch, 1, 1))
+        self.b = nn.Parameter(torch.zeros(1, ch, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self.net = nn.Sequential(
+            nn.Conv2d(cond_width + 1, hidden, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, 2 * ch, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _st(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self.net(c).chunk(2, dim=1)
+        s = self.a + self.b * c[:, -1:] + s
+        return self.clamp * torch.tanh(s / self.clamp), t
+
+    @torch.no_grad()
+    def initialize(self, z: torch.Tensor, c: torch.Tensor, pool: int = 4) -> None:
+        """Data-dependent initialisation (as ActNorm's): per channel, the least-squares line
+        log(local rms of z) = a + b l over ``pool`` x ``pool`` blocks of the first batch, so that h
+        starts with about unit local spread everywhere. Maximum likelihood alone does not find it:
+        the couplings can instead read the local spread off z itself, which fits the data as well
+        but draws samples of one average spread (README, "Why a learned sampler does not vary")."""
+        if z.shape[-1] < pool or z.shape[-2] < pool:
+            self.initialized.fill_(1)
+            return
+        y = 0.5 * torch.log(F.avg_pool2d(z.double() ** 2, pool).clamp_min(1e-12))  # [B, C, h', w']
+        lvl = F.avg_pool2d(c[:, -1:].double(), pool).expand_as(y)
+        lm, ym = lvl.mean(dim=(0, 2, 3)), y.mean(dim=(0, 2, 3))
+        dl, dy = lvl - lm.view(1, -1, 1, 1), y - ym.view(1, -1, 1, 1)
+        var = (dl**2).mean(dim=(0, 2, 3))
+        b = torch.where(
+            var > 1e-6, (dl * dy).mean(dim=(0, 2, 3)) / var.clamp_min(1e-6), torch.zeros_like(var)
+        )
+        self.b.copy_(b.clamp(-self.clamp, self.clamp).view_as(self.b).to(self.b.dtype))
+        self.a.copy_((ym - b * lm).view_as(self.a).to(self.a.dtype))
+        self.initialized.fill_(1)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z -> h and log|det dh/dz| per sample."""
+        if self.training and int(self.initialized) == 0:
+            self.initialize(z, c)
+        s, t = self._st(c)
+        s = s.expand_as(z)
+        return (z - t) * (-s).exp(), -s.sum(dim=(1, 2, 3))
+
+    def reverse(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s, t = self._st(c)
+        return h * s.exp() + t
+
+
 NOISE_REFERENCE_HU = 20.0
 
 
 def noise_level_map(noise_hu: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """log(sigma / 20 HU) as a constant map per sample, shaped as ``like`` [B, 1, H, W]."""
-    n = torch.as_tensor(noise_hu, dtype=like.dtype, device=like.device).reshape(-1, 1, 1, 1)
+    """log(sigma / 20 HU) shaped as ``like`` [B, 1, H, W]: ``noise_hu`` is one level per sample
+    (a constant map) or local maps [B, 1, H', W'] (HU), average-pooled to ``like``'s size."""
+    n = torch.as_tensor(noise_hu, dtype=like.dtype, device=like.device)
+    if n.dim() == 4:
+        if n.shape[-2:] != like.shape[-2:]:
+            k = n.shape[-1] // like.shape[-1]
+            if k < 1 or n.shape[-2:] != (like.shape[-2] * k, like.shape[-1] * k):
+                raise ValueError(f"noise map {tuple(n.shape[-2:])} does not fit {tuple(like.shape[-2:])}")
+            n = F.avg_pool2d(n, k)
+        return torch.log(n.clamp_min(0.1) / NOISE_REFERENCE_HU).expand(like.shape[0], 1, *like.shape[2:])
+    n = n.reshape(-1, 1, 1, 1)
     return torch.log(n.clamp_min(0.1) / NOISE_REFERENCE_HU).expand(like.shape[0], 1, *like.shape[2:])
 
 
@@ -290,15 +372,23 @@ class SpatialCINN(nn.Module):
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         self.steps = nn.ModuleList([SpatialFlowStep(self.cfg, gen) for _ in range(self.cfg.n_flows)])
         self.embedder = ConditionEmbedder(self.cfg)
+        cfg = self.cfg
+        self.scale = (
+            NoiseScale(cfg.latent_ch, cfg.cond_width, cfg.hidden, cfg.clamp) if cfg.noise_scale else None
+        )
 
     def embed(self, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None) -> torch.Tensor:
         """Condition features; ``noise_hu`` (per sample, HU) is required when the model was trained
-        with the noise-level condition."""
+        with the noise-level condition. With the noise scale, the last channel is the noise level
+        log(sigma / 20 HU) at the latent's resolution."""
         if self.cfg.noise_condition:
             if noise_hu is None:
                 raise ValueError("this cINN is conditioned on the noise level of x: give noise_hu")
             fx = torch.cat([fx, noise_level_map(noise_hu, fx)], 1)
-        return self.embedder(fx)
+        c = self.embedder(fx)
+        if self.scale is not None:
+            c = torch.cat([c, noise_level_map(noise_hu, c)], 1)
+        return c
 
     def forward(
         self,
@@ -310,6 +400,9 @@ class SpatialCINN(nn.Module):
         """(v, exact log|det dv/dz|) per sample."""
         c = self.embed(fx, noise_hu) if embedding is None else embedding
         logdet = z.new_zeros(z.shape[0])
+        if self.scale is not None:
+            z, logdet = self.scale(z, c)
+            c = c[:, : self.cfg.cond_width]
         for step in self.steps:
             z, ld = step(z, c)
             logdet = logdet + ld
@@ -324,8 +417,8 @@ class SpatialCINN(nn.Module):
     ) -> torch.Tensor:
         c = self.embed(fx, noise_hu) if embedding is None else embedding
         for step in reversed(self.steps):
-            v = step.reverse(v, c)
-        return v
+            v = step.reverse(v, c[:, : self.cfg.cond_width])
+        return v if self.scale is None else self.scale.reverse(v, c)
 
     def nll(
         self, z: torch.Tensor, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None

@@ -22,8 +22,8 @@ class PatchSampler:
     def __init__(
         self, ld: np.ndarray, fd: np.ndarray, patch: int, seed: int = 0, noise_hu: np.ndarray | None = None
     ) -> None:
-        """``noise_hu``: optional per-slice noise level of ``ld``; ``last_noise_hu`` then holds the
-        levels of the slices the last batch came from."""
+        """``noise_hu``: optional noise level of ``ld``, one per slice [N] or local maps [N, H, W];
+        ``last_noise_hu`` then holds the levels [B] or the maps' crops [B, 1, p, p] of the last batch."""
         self.noise_hu = None if noise_hu is None else torch.as_tensor(noise_hu, dtype=torch.float32)
         self.last_noise_hu: torch.Tensor | None = None
         self.ld = torch.from_numpy(hu_to_normalized(ld.astype(np.float32)))
@@ -34,7 +34,8 @@ class PatchSampler:
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, h, w = self.ld.shape
-        xs, ys, picked = [], [], []
+        xs, ys, picked, maps = [], [], [], []
+        local = self.noise_hu is not None and self.noise_hu.dim() == 3
         while len(xs) < size:
             i = int(self.rng.integers(n))
             r = int(self.rng.integers(h - self.patch + 1))
@@ -43,12 +44,17 @@ class PatchSampler:
             if float(y.mean()) < self._air:
                 continue
             x = self.ld[i, r : r + self.patch, c : c + self.patch]
+            nm = self.noise_hu[i, r : r + self.patch, c : c + self.patch] if local else None
             if self.rng.random() < 0.5:  # flips: anatomy is roughly left-right symmetric
                 x, y = x.flip(-1), y.flip(-1)
+                nm = None if nm is None else nm.flip(-1)
+            maps.append(nm)
             xs.append(x)
             ys.append(y)
             picked.append(i)
-        if self.noise_hu is not None:
+        if local:
+            self.last_noise_hu = torch.stack(maps)[:, None]
+        elif self.noise_hu is not None:
             self.last_noise_hu = self.noise_hu[picked]
         return torch.stack(xs)[:, None], torch.stack(ys)[:, None]
 

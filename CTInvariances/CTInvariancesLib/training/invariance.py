@@ -90,7 +90,7 @@ def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: i
     from ..io import read_volume
     from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
 
-    ld, names = [], []
+    ld, names, pixels = [], [], []
     sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
     for path in data:
         vol = read_volume(path)
@@ -103,7 +103,8 @@ def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: i
             for r in range(realisations):
                 ld.append(sim_k.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))[0])
                 names.append(f"{Path(path).name}[{k}]#{r}")
-    return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names)}
+                pixels.append(pixel_mm)
+    return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names), "pixel_mm": np.array(pixels)}
 
 
 def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
@@ -119,17 +120,51 @@ def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
     return out
 
 
+def noise_maps_cached(slices: dict, tag: str, device: str | torch.device = "cpu") -> np.ndarray:
+    """The local noise map (``sampler.slice_noise_map``) of every training slice [N, H, W], cached by
+    the data: what a cINN with ``noise_map`` is conditioned on."""
+    from ..invariance.sampler import NOISE_MAP_REALISATIONS, NOISE_MAP_SEED, slice_noise_map
+
+    recipe = f"{tag}|{NOISE_MAP_REALISATIONS}|{NOISE_MAP_SEED}|v1"
+    path = cache_dir() / f"noisemap-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    out = np.stack([slice_noise_map(x, px, device) for x, px in zip(slices["ld"], _pixel_mm(slices))])
+    tmp = path.with_suffix(f".{os.getpid()}.partial.npy")  # several ranks may write at once
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
+def _pixel_mm(slices: dict) -> list[tuple[float, float]]:
+    if "pixel_mm" in slices:
+        return [tuple(map(float, p)) for p in slices["pixel_mm"]]
+    from ..datasets import source_pixel_mm
+
+    return [source_pixel_mm(str(n).split("[")[0]) for n in slices["names"]]
+
+
 def conditioned_sampler(
-    ld_hu: np.ndarray, fx_hu: list[np.ndarray], patch: int, seed: int, noise_levels: bool = False
+    ld_hu: np.ndarray,
+    fx_hu: list[np.ndarray],
+    patch: int,
+    seed: int,
+    noise_levels: bool = False,
+    noise_maps: np.ndarray | None = None,
 ) -> PatchSampler:
     """Random (x, f(x)) patch pairs in normalised units; each slice appears once per denoiser. With
     ``noise_levels`` the sampler also knows each slice's noise level (what the spatial cINN is
-    conditioned on; only computed for a model that uses it)."""
+    conditioned on; only computed for a model that uses it), or its local ``noise_maps`` [N, H, W]."""
     from ..invariance.sampler import slice_noise_hu
 
     ld = np.concatenate([ld_hu] * len(fx_hu))
     fx = np.concatenate(fx_hu)
-    noise = np.array([slice_noise_hu(s) for s in ld_hu] * len(fx_hu), np.float32) if noise_levels else None
+    if noise_maps is not None:
+        noise = np.concatenate([noise_maps] * len(fx_hu))
+    elif noise_levels:
+        noise = np.array([slice_noise_hu(s) for s in ld_hu] * len(fx_hu), np.float32)
+    else:
+        noise = None
     return PatchSampler(ld, fx, patch, seed=seed, noise_hu=noise)
 
 
@@ -186,13 +221,20 @@ def _state_digest(modules: dict[str, nn.Module]) -> str:
 
 
 def conditioned_data(
-    cfg, denoisers: list[Denoiser], patch: int, rank: int, noise_levels: bool = False
+    cfg,
+    denoisers: list[Denoiser],
+    patch: int,
+    rank: int,
+    noise_levels: bool = False,
+    noise_maps: bool = False,
+    device: str | torch.device = "cpu",
 ) -> tuple[PatchSampler, int]:
     """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
     slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
     tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
     fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
-    sampler = conditioned_sampler(slices["ld"], fx, patch, cfg.seed + 7919 * rank, noise_levels)
+    maps = noise_maps_cached(slices, tag, device) if noise_maps else None
+    sampler = conditioned_sampler(slices["ld"], fx, patch, cfg.seed + 7919 * rank, noise_levels, maps)
     return sampler, len(slices["ld"])
 
 
@@ -549,6 +591,11 @@ def _warm_start(model: nn.Module, path: str) -> dict:
                 f"--init: {k} has shape {tuple(v.shape)}, the new cINN {tuple(t.shape)}", path
             )
     model.load_state_dict(state)
+    scale = getattr(model, "scale", None)
+    if scale is not None and "scale.initialized" not in old.state_dict():
+        # a noise scale new to the warm-started model stays the identity (its data-dependent
+        # initialisation would change what the old steps see)
+        scale.initialized.fill_(1)
     return {"file": card.get("file"), "sha256": card.get("sha256")}
 
 
@@ -646,7 +693,13 @@ class CINNTrainer(_Checkpointed):
             return self.source
         patch = self.cfg.patch or self.cvae.patch  # a spatial engine trains on any crop size
         sampler, self.n_slices = conditioned_data(
-            self.cfg, [self.denoiser], patch, self.ctx.rank, self._uses_noise_level()
+            self.cfg,
+            [self.denoiser],
+            patch,
+            self.ctx.rank,
+            self._uses_noise_level(),
+            getattr(self.model.cfg, "noise_map", False),
+            self.device,
         )
         return sampler
 
