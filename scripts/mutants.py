@@ -116,7 +116,10 @@ MUTANTS = (
         LIB + "invariance/sampler.py",
         'if getattr(self.cinn.cfg, "noise_map", False):',
         "if False:",
-        ("Testing/test_spatial_engine.py::test_a_noise_map_cinn_is_conditioned_on_the_local_noise_map_of_x",),
+        (
+            "Testing/test_spatial_engine.py::test_a_noise_map_cinn_is_conditioned_on_the_local_noise_map_of_x",
+            "Testing/test_spatial_engine.py::test_bundled_spatial_cinn_samples_have_the_power_of_x_and_follow_its_noise",
+        ),
     ),
     Mutant(
         "noise-map-crop-not-flipped",

@@ -1,13 +1,18 @@
 """Per-anatomy table of a raw run's log (``measure_exact_invariances.py --steps 0``).
 
-    .venv/bin/python scripts/raw_table_by_anatomy.py benchmarks/results/spatial_raw_gpu.log
+    .venv/bin/python scripts/raw_table_by_anatomy.py benchmarks/results/spatial_raw_gpu.log [--cards DIR]
 
 Per slice: the raw std-map median over the noise std of x (the project's estimator, recomputed from
 the same held-out realisation) and the power ratio; then the median (and range) per anatomy and
 denoiser. The script's own table takes medians over all slices, which mixes a 23 HU abdomen with a
-5 HU head; this one does not.
+5 HU head; this one does not. ``--cards DIR`` also writes each denoiser's rows into the metrics of
+its cINN card in DIR (``cinn-<denoiser>.json``). ``--consistent`` reads a run with the consistency
+step and both samplers instead and prints, per anatomy and denoiser, the fresh-noise ratio, the cINN
+sampler's consistent fidelity ratio, both samplers' std (raw -> consistent) and their ratio.
 """
 
+import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -23,7 +28,7 @@ LINE = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh [\d.]+ raw [\d.]+ -> [\d.]+\
                   r"std ([\d.]+) -> [\d.]+ HU\s+power ([\d.]+)")
 
 
-def main(log: str) -> None:
+def main(log: str, cards: str | None = None) -> None:
     pairs = make_pairs("holdout", 0.25, realisations=2, seed=HOLDOUT_SEED)
     names = [str(n) for n in pairs["names"]]
     noise = {names[2 * i].split("#")[0]: estimate_noise_hu(pairs["ld"][2 * i])
@@ -43,7 +48,69 @@ def main(log: str) -> None:
         print(f"| {anat} | {den} | {kind} | {len(r['std'])} | "
               f"{np.median(r['std']):.2f} ({min(r['std']):.2f}) "
               f"| {np.median(r['power']):.2f} [{min(r['power']):.2f}, {max(r['power']):.2f}] |")
+    if cards:
+        write_cards(rows, Path(cards))
+
+
+SPLITS = {"abdomen": "abdomen_k14_19", "head": "head_k20_27"}
+
+
+def write_cards(rows: dict, folder: Path) -> None:
+    for den in sorted({d for _, d, _ in rows}):
+        card = folder / f"cinn-{den}.json"
+        c = json.loads(card.read_text())
+        entry = {
+            "measured_by": "scripts/measure_exact_invariances.py --samplers cinn --steps 0 (K = 16), "
+                           "then scripts/raw_table_by_anatomy.py; per-slice ratios, median per anatomy",
+            "bounds": {"raw_std_over_noise_std": ">= 0.5", "power_ratio": "[0.7, 1.3]"},
+        }
+        for (anat, d, kind), r in sorted(rows.items()):
+            if d == den and kind == "cinn":
+                entry[SPLITS.get(anat, anat)] = {
+                    "slices": len(r["std"]),
+                    "raw_std_over_noise_std_median": round(float(np.median(r["std"])), 2),
+                    "raw_std_over_noise_std_min": round(min(r["std"]), 2),
+                    "power_ratio_median": round(float(np.median(r["power"])), 2),
+                    "power_ratio_range": [round(min(r["power"]), 2), round(max(r["power"]), 2)],
+                }
+        c.setdefault("metrics", {})["raw_samples_dose_0.25"] = entry
+        card.write_text(json.dumps(c, indent=2) + "\n")
+
+
+CONSISTENT = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh ([\d.]+) raw [\d.]+ -> ([\d.]+)\s+"
+                        r"std ([\d.]+) -> ([\d.]+) HU")
+
+
+def consistent_table(log: str) -> None:
+    rows: dict = {}
+    for line in Path(log).read_text().splitlines():
+        m = CONSISTENT.match(line)
+        if m:
+            den, kind, name, fresh, ratio, s0, s1 = m.groups()
+            key = (name.split("-")[0], den)
+            rows.setdefault(key, {}).setdefault(kind, []).append(
+                (float(fresh), float(ratio), float(s0), float(s1))
+            )
+    print("| anatomy | denoiser | slices | fresh-noise ratio | consistent ratio cinn (median / max) "
+          "| std raw → consistent, noise sampler (HU) | std raw → consistent, cinn (HU) "
+          "| consistent std cinn / noise (≥ 0.8) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (anat, den), r in sorted(rows.items()):
+        n, c = np.array(r["noise"]), np.array(r["cinn"])
+        ratio = float(np.median(c[:, 3]) / np.median(n[:, 3])) if np.median(n[:, 3]) >= 1.0 else None
+        shown = f"{ratio:.2f}" if ratio is not None else "— (both < 1 HU)"
+        print(f"| {anat} | {den} | {len(c)} | {np.median(n[:, 0]):.3f} | {np.median(c[:, 1]):.3f} / "
+              f"{c[:, 1].max():.3f} | {np.median(n[:, 2]):.1f} → {np.median(n[:, 3]):.1f} "
+              f"| {np.median(c[:, 2]):.1f} → {np.median(c[:, 3]):.1f} | {shown} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("--cards", help="folder of cINN cards to write the per-anatomy rows into")
+    ap.add_argument("--consistent", action="store_true", help="the log of a run with the consistency step")
+    a = ap.parse_args()
+    if a.consistent:
+        consistent_table(a.log)
+    else:
+        main(a.log, a.cards)
