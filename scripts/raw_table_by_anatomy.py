@@ -6,9 +6,10 @@ Per slice: the raw std-map median over the noise std of x (the project's estimat
 the same held-out realisation) and the power ratio; then the median (and range) per anatomy and
 denoiser. The script's own table takes medians over all slices, which mixes a 23 HU abdomen with a
 5 HU head; this one does not. ``--cards DIR`` also writes each denoiser's rows into the metrics of
-its cINN card in DIR (``cinn-<denoiser>.json``). ``--consistent`` reads a run with the consistency
-step and both samplers instead and prints, per anatomy and denoiser, the fresh-noise ratio, the cINN
-sampler's consistent fidelity ratio, both samplers' std (raw -> consistent) and their ratio.
+its cINN card in DIR (``cinn-<denoiser>.json``). ``--consistent`` reads runs with the consistency
+step and both samplers instead (several logs: a slice measured twice counts once) and prints, per
+anatomy and denoiser, the fresh-noise ratio, the cINN sampler's consistent fidelity ratio, both
+samplers' std (raw -> consistent) and their ratio.
 """
 
 import argparse
@@ -81,11 +82,13 @@ CONSISTENT = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh ([\d.]+) raw [\d.]+ ->
                         r"std ([\d.]+) -> ([\d.]+) HU")
 
 
-def consistent_table(log: str) -> None:
+def consistent_table(logs: list[str]) -> None:
     rows: dict = {}
-    for line in Path(log).read_text().splitlines():
+    seen: set = set()
+    for line in "\n".join(Path(p).read_text() for p in logs).splitlines():
         m = CONSISTENT.match(line)
-        if m:
+        if m and (m.group(1), m.group(2), m.group(3)) not in seen:  # logs of several runs: first wins
+            seen.add((m.group(1), m.group(2), m.group(3)))
             den, kind, name, fresh, ratio, s0, s1 = m.groups()
             key = (name.split("-")[0], den)
             rows.setdefault(key, {}).setdefault(kind, []).append(
@@ -106,11 +109,11 @@ def consistent_table(log: str) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("log")
+    ap.add_argument("log", nargs="+", help="one raw log; with --consistent, one or more logs")
     ap.add_argument("--cards", help="folder of cINN cards to write the per-anatomy rows into")
     ap.add_argument("--consistent", action="store_true", help="the log of a run with the consistency step")
     a = ap.parse_args()
     if a.consistent:
         consistent_table(a.log)
     else:
-        main(a.log, a.cards)
+        main(a.log[0], a.cards)
