@@ -1171,6 +1171,12 @@ def _in_process(argv: list[str]) -> tuple[int | None, str, str, BaseException | 
     return rc, out.getvalue(), err.getvalue(), exc
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _child(argv: list[str], sig: int, timeout_s: float) -> tuple[int | None, str, str, BaseException | None]:
     """The command in its own process, sent ``sig`` once it reports its first progress line."""
     env = dict(os.environ, CTINVARIANCES_PROGRESS="lines", PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
@@ -1180,6 +1186,9 @@ def _child(argv: list[str], sig: int, timeout_s: float) -> tuple[int | None, str
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a suite started in the background (nohup ... &) ignores SIGINT, and a child would inherit
+        # that: give it the default disposition, as a terminal's command has
+        preexec_fn=_default_sigint if os.name == "posix" else None,
     )
     lines = []
     t0 = time.monotonic()

@@ -30,7 +30,7 @@ def test_bundled_engine_files_cards_and_size():
         assert card["size"] == "compact" and card["training"]["steps"] > 0
         total += path.stat().st_size
     assert total <= 50 * 2**20
-    _, cvae_card = load_cvae(None)
+    _, cvae_card = load_cvae("tiled")
     for n in DENOISER_NAMES:
         _, card = load_cinn(folder / f"cinn-{n}.safetensors")
         assert card["cvae"]["sha256"] == cvae_card["sha256"]
@@ -41,7 +41,7 @@ def test_bundled_engine_files_cards_and_size():
 @pytest.fixture(scope="module")
 def measured(abdomen_dir):
     """Section-4 numbers re-measured for every bundled denoiser (smaller fidelity set than the cards')."""
-    cvae = load_cvae(None)[0]
+    cvae = load_cvae("tiled")[0]
     out = {}
     for name in DENOISER_NAMES:
         den = load_denoiser(name)
@@ -77,7 +77,7 @@ def test_samples_really_vary(abdomen_crop):
     from CTInvariancesLib.metrics import body_mask
 
     for name in DENOISER_NAMES:
-        sampler = InvarianceSampler.load(name)
+        sampler = InvarianceSampler.load(name, cvae="tiled")
         res = sampler.sample(abdomen_crop, 6, seed=0)
         region = body_mask(abdomen_crop) & res.sampled_mask
         div = diversity(res.samples, region)
@@ -143,7 +143,7 @@ def test_std_map_has_no_seams_and_follows_a_shifted_input(abdomen_crop, jitter):
     from CTInvariancesLib.invariance.sampler import InvarianceSampler
     from CTInvariancesLib.metrics import body_mask
 
-    sampler = InvarianceSampler.load("cnn10", jitter=jitter)
+    sampler = InvarianceSampler.load("cnn10", cvae="tiled", jitter=jitter)
     x, shift = abdomen_crop, (13, 21)
     a = sampler.sample(x, 16, seed=0)
     b = sampler.sample(np.roll(x, shift, axis=(0, 1)), 16, seed=1)

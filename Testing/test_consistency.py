@@ -107,7 +107,7 @@ def test_correction_stays_in_the_range_of_the_jacobian_transpose():
     den = Denoiser(_block_average, "block-average", input_convention="hu")
     raw = NoiseSampler(den).sample(x, 3, seed=2, pixel_mm=PIXEL_MM).samples
     region = np.ones_like(x, bool)
-    res = consistency_project(den, x, raw, region=region, tolerance=0.0)  # all 40 steps: exact
+    res = consistency_project(den, x, raw, region=region, tolerance=0.0)  # all the default steps: exact
     t = torch.from_numpy
     d = t(res.samples - raw)[:, None]
     null_part = d - _block_average(d)  # component of the correction in the null space

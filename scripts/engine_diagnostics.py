@@ -42,7 +42,8 @@ def main() -> int:
     for name in args.denoisers:
         den = load_denoiser(name, device=args.device)
         cinn, _ = load_cinn(resolve_cinn_path(None, name, cvae_path), args.device)
-        ps = holdout_patches(den, args.patch or cvae.patch, args.patches, seed=7)
+        maps = bool(getattr(cinn.cfg, "noise_map", False))
+        ps = holdout_patches(den, args.patch or cvae.patch, args.patches, seed=7, noise_maps=maps)
         with torch.inference_mode():
             row = {
                 "latent_usage": latent_usage(cvae, cinn, ps),

@@ -125,9 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cvae",
-        help="cVAE run folder or .safetensors, or 'spatial' for the bundled "
-        "spatial-latent "
-        "engine (default: the bundled tiled engine)",
+        help="cVAE run folder or .safetensors; 'tiled' for the bundled tiled engine "
+        "(default: the bundled spatial-latent engine)",
     )
     p.add_argument("--cinn", help="cINN .safetensors or folder (default: beside the cVAE)")
     p.add_argument(
@@ -222,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cinn", "prior", "noise"),
         help="default: cinn where a cINN exists for the denoiser, else noise",
     )
-    p.add_argument("--cvae", help="cVAE (default: the bundled tiled engine; 'spatial': the spatial one)")
+    p.add_argument("--cvae", help="cVAE (default: the bundled spatial-latent engine; 'tiled': the tiled one)")
     p.add_argument("--batch-size", type=opt.int_in(1, 4096), default=64)
     _add_denoiser_args(p)
     _add_volume_args(p)

@@ -24,19 +24,30 @@ class PatchSet:
     x: torch.Tensor
     fx: torch.Tensor
     fd: torch.Tensor | None = None
-    noise_hu: torch.Tensor | None = None  # [N] noise level of each patch's slice (HU)
+    noise_hu: torch.Tensor | None = None  # [N] noise level of each patch's slice, or maps [N,1,P,P] (HU)
 
 
 def holdout_patches(
-    denoiser: Denoiser, patch: int, n: int, seed: int = 7, dose_fraction: float = 0.25
+    denoiser: Denoiser,
+    patch: int,
+    n: int,
+    seed: int = 7,
+    dose_fraction: float = 0.25,
+    noise_maps: bool = False,
 ) -> PatchSet:
-    """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices."""
-    from ..datasets import make_pairs
+    """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices; with
+    ``noise_maps`` each patch carries its crop of the slice's local noise map (for a cINN with
+    ``noise_map``), else its slice's noise level."""
+    from ..datasets import make_pairs, source_pixel_mm
     from ..evaluation import HOLDOUT_SEED
-    from .sampler import slice_noise_hu
+    from .sampler import slice_noise_hu, slice_noise_map
 
     pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)
     fx = denoiser.denoise_slices(pairs["ld"], batch_size=2)
+    if noise_maps:
+        px = [source_pixel_mm(str(name).split("[")[0]) for name in pairs["names"]]
+        noise = np.stack([slice_noise_map(s, p) for s, p in zip(pairs["ld"], px)])
+        return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed, noise_hu=noise)
     noise = np.array([slice_noise_hu(s) for s in pairs["ld"]], np.float32)
     return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed, noise_hu=noise)
 
@@ -45,7 +56,8 @@ def random_patches(
     stacks_hu: list[np.ndarray], patch: int, n: int, seed: int, noise_hu: np.ndarray | None = None
 ) -> PatchSet:
     """Aligned random patches from slice stacks (x, f(x)[, full dose]) in HU, skipping mostly-air
-    patches (mean of the last stack below -900 HU); returned normalised."""
+    patches (mean of the last stack below -900 HU); returned normalised. ``noise_hu``: one level per
+    slice [K], or local maps [K, H, W] (HU), cropped with the patches."""
     rng = np.random.default_rng(seed)
     k, h, w = stacks_hu[0].shape
     picks = []
@@ -61,7 +73,14 @@ def random_patches(
         )[:, None]
         for s in stacks_hu
     ]
-    noise = None if noise_hu is None else torch.tensor([float(noise_hu[i]) for i, _, _ in picks])
+    if noise_hu is None:
+        noise = None
+    elif np.ndim(noise_hu) == 3:
+        noise = torch.from_numpy(
+            np.stack([noise_hu[i, r : r + patch, c : c + patch] for i, r, c in picks]).astype(np.float32)
+        )[:, None]
+    else:
+        noise = torch.tensor([float(noise_hu[i]) for i, _, _ in picks])
     return PatchSet(out[0], out[1], out[2] if len(out) > 2 else None, noise)
 
 

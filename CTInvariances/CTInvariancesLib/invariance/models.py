@@ -113,12 +113,13 @@ def save_cinn(
 
 
 def resolve_cvae_path(spec: str | Path | None) -> Path:
-    """A cVAE file, a folder holding cvae.safetensors, None for the bundled (tiled) one, or
-    ``spatial`` for the bundled spatial-latent engine."""
-    if spec is None or str(spec) in ("", "bundled", "compact"):
-        return bundled_dir() / "cvae.safetensors"
-    if str(spec) == "spatial":
+    """A cVAE file, a folder holding cvae.safetensors, None (or ``bundled``, ``spatial``) for the
+    bundled spatial-latent engine, the default since its cINNs draw samples with the power and the
+    local spread of x's noise; ``tiled`` (or ``compact``) for the bundled tiled engine."""
+    if spec is None or str(spec) in ("", "bundled", "spatial"):
         return bundled_dir() / "spatial" / "cvae.safetensors"
+    if str(spec) in ("tiled", "compact"):
+        return bundled_dir() / "cvae.safetensors"
     p = Path(spec)
     if p.is_dir():
         return p / "cvae.safetensors"
