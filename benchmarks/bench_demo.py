@@ -18,9 +18,11 @@ total = time.perf_counter() - t0
 if proc.returncode:
     sys.exit(proc.stderr)
 job = re.search(r"main job: (\d+) s", proc.stdout)
+samples = re.search(r"^SAMPLES = (\d+)", (ROOT / "scripts" / "demo.py").read_text(), re.M).group(1)
 print("| what | seconds | target |")
 print("| --- | --- | --- |")
 print(f"| scripts/demo.py (simulate, denoise x4, main job x4 denoisers) | {total:.0f} | <= 300 |")
 print(
-    f"| of which the main job (`ctinvariances run`, 256 px box, K = 6) | {job.group(1) if job else '?'} | |"
+    f"| of which the main job (`ctinvariances run`, 256 px box, K = {samples}) "
+    f"| {job.group(1) if job else '?'} | |"
 )
