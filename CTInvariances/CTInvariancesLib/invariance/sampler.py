@@ -319,7 +319,8 @@ class SpatialInvarianceSampler:
         pixel_mm: tuple[float, float] | None = None,
     ) -> SliceSamples:
         """K samples of one slice ``x_hu`` [H, W] (HU); ``batch_size`` samples decoded at a time
-        (halved on out-of-memory)."""
+        (halved on out-of-memory). ``pixel_mm`` (row, column) sizes the simulator that makes the
+        local noise map of a noise-map cINN (1 mm when not given): pass the slice's spacing."""
         x, fx = _slice_and_denoised(self.denoiser, x_hu, n_samples, denoised_hu)
         h, w = x.shape
         m = self.cvae.multiple
