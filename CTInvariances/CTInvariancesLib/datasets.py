@@ -84,6 +84,14 @@ def source_volume(src: DataSource) -> tuple[np.ndarray, tuple[float, float, floa
     return array, tuple(float(v) for v in vol.spacing)
 
 
+def slices_pixel_mm(slices: dict) -> list[tuple[float, float]]:
+    """(row, column) pixel spacing of each slice of a slice set (``make_pairs`` or training data):
+    its ``pixel_mm`` when it carries one, else its shared-data series named in ``names``."""
+    if "pixel_mm" in slices:
+        return [(float(p[0]), float(p[1])) for p in slices["pixel_mm"]]
+    return [source_pixel_mm(str(n).split("[")[0]) for n in slices["names"]]
+
+
 def source_pixel_mm(series: str) -> tuple[float, float]:
     """(row, column) pixel spacing of a shared-data series given by its folder name."""
     src = next(s for s in SOURCES if Path(s.folder).name == series)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..lowdose import estimate_noise_hu, flat_soft_tissue_mask
 from ..metrics import body_mask
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "Resources" / "Analysis" / "calibration.json"
@@ -99,16 +98,11 @@ def build_reference(
     body: np.ndarray | None = None,
 ) -> NoiseReference:
     """The noise reference of slice ``x_hu`` (HU, [H, W]) with pixel spacing (row, col) in mm."""
-    from ..invariance.sampler import noise_simulator
+    from ..invariance.sampler import fresh_noise_of
 
     x = np.asarray(x_hu, np.float32)
-    mask = flat_soft_tissue_mask(x)
-    sigma = estimate_noise_hu(x, mask)
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
-    sim = noise_simulator(device)
     seeds = [int(seed) * 7919 + 104729 + j for j in range(realisations)]
-    noise = sim.noise_like(x, spacing_mm, sigma, seeds, mask).astype(np.float64)
+    sigma, noise = fresh_noise_of(x, spacing_mm, seeds, device)
     body = body_mask(x) if body is None else body
     body = body & away_from_image_edge(x.shape, spacing_mm)
     ref = NoiseReference(tuple(spacing_mm), float(sigma), body, tuple(scales_mm))

@@ -38,15 +38,14 @@ def holdout_patches(
     """``n`` body patches from the held-out slices (never trained on), f(x) from whole slices; with
     ``noise_maps`` each patch carries its crop of the slice's local noise map (for a cINN with
     ``noise_map``), else its slice's noise level."""
-    from ..datasets import make_pairs, source_pixel_mm
+    from ..datasets import make_pairs, slices_pixel_mm
     from ..evaluation import HOLDOUT_SEED
     from .sampler import slice_noise_hu, slice_noise_map
 
     pairs = make_pairs("holdout", dose_fraction, realisations=1, seed=HOLDOUT_SEED)
     fx = denoiser.denoise_slices(pairs["ld"], batch_size=2)
     if noise_maps:
-        px = [source_pixel_mm(str(name).split("[")[0]) for name in pairs["names"]]
-        noise = np.stack([slice_noise_map(s, p) for s, p in zip(pairs["ld"], px)])
+        noise = np.stack([slice_noise_map(s, p) for s, p in zip(pairs["ld"], slices_pixel_mm(pairs))])
         return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed, noise_hu=noise)
     noise = np.array([slice_noise_hu(s) for s in pairs["ld"]], np.float32)
     return random_patches([pairs["ld"], fx, pairs["fd"]], patch, n, seed, noise_hu=noise)

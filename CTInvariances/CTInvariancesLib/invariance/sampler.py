@@ -328,10 +328,8 @@ class SpatialInvarianceSampler:
         fp = np.full((hp, wp), -1000.0, np.float32)  # padded with air to a multiple of 2**down
         fp[:h, :w] = fx
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)[None, None]
-        self.last_noise_hu = slice_noise_hu(x)
         emb = None
-        if self.cinn is not None:
-            noise = self.last_noise_hu
+        if self.cinn is not None:  # its condition: the local noise map of x, or x's noise level
             if getattr(self.cinn.cfg, "noise_map", False):
                 nm = np.pad(
                     slice_noise_map(x, pixel_mm or (1.0, 1.0), self.device),
@@ -339,6 +337,8 @@ class SpatialInvarianceSampler:
                     mode="edge",
                 )
                 noise = torch.from_numpy(nm).to(self.device)[None, None]
+            else:
+                noise = slice_noise_hu(x)
             emb = self.cinn.embed(fx_t, noise)
         shape = self.cvae.latent_shape(hp, wp)
         out = np.empty((n_samples, h, w), np.float32)
@@ -379,6 +379,22 @@ NOISE_MAP_SMOOTHING_MM = 6.0
 NOISE_MAP_SEED = 4242
 
 
+def fresh_noise_of(
+    x_hu: np.ndarray, pixel_mm: tuple[float, float], seeds: list[int], device: str | torch.device = "cpu"
+) -> tuple[float, np.ndarray]:
+    """(noise std of slice ``x_hu`` (the robust estimator in flat soft tissue), fresh noise
+    realisations [N, H, W] (HU, float64) at that level with the photon statistics of x's anatomy,
+    one per seed): the local noise map's and the analysis' noise reference's raw material."""
+    from ..lowdose import estimate_noise_hu, flat_soft_tissue_mask
+
+    x = np.asarray(x_hu, np.float32)
+    mask = flat_soft_tissue_mask(x)
+    sigma = estimate_noise_hu(x, mask)
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
+    return sigma, noise_simulator(device).noise_like(x, pixel_mm, sigma, seeds, mask).astype(np.float64)
+
+
 def slice_noise_map(
     x_hu: np.ndarray, pixel_mm: tuple[float, float], device: str | torch.device = "cpu"
 ) -> np.ndarray:
@@ -388,15 +404,8 @@ def slice_noise_map(
     sampler where x was noisy (README, "Why a learned sampler does not vary out of the box")."""
     from scipy import ndimage
 
-    from ..lowdose import estimate_noise_hu, flat_soft_tissue_mask
-
-    x = np.asarray(x_hu, np.float32)
-    mask = flat_soft_tissue_mask(x)
-    sigma = estimate_noise_hu(x, mask)
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError("no noise could be measured in this slice (no soft tissue in view)")
     seeds = [NOISE_MAP_SEED + j for j in range(NOISE_MAP_REALISATIONS)]
-    noise = noise_simulator(device).noise_like(x, pixel_mm, sigma, seeds, mask).astype(np.float64)
+    _, noise = fresh_noise_of(x_hu, pixel_mm, seeds, device)
     px = np.asarray(pixel_mm, np.float64)
     var = ndimage.gaussian_filter(np.mean(noise**2, 0), NOISE_MAP_SMOOTHING_MM / px, mode="nearest")
     return np.sqrt(np.maximum(var, 1e-4)).astype(np.float32)

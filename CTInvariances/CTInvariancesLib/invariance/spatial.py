@@ -342,8 +342,8 @@ def noise_level_map(noise_hu: torch.Tensor | float, like: torch.Tensor) -> torch
             if k < 1 or n.shape[-2:] != (like.shape[-2] * k, like.shape[-1] * k):
                 raise ValueError(f"noise map {tuple(n.shape[-2:])} does not fit {tuple(like.shape[-2:])}")
             n = F.avg_pool2d(n, k)
-        return torch.log(n.clamp_min(0.1) / NOISE_REFERENCE_HU).expand(like.shape[0], 1, *like.shape[2:])
-    n = n.reshape(-1, 1, 1, 1)
+    else:
+        n = n.reshape(-1, 1, 1, 1)
     return torch.log(n.clamp_min(0.1) / NOISE_REFERENCE_HU).expand(like.shape[0], 1, *like.shape[2:])
 
 

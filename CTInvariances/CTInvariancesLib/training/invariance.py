@@ -107,41 +107,39 @@ def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: i
     return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names), "pixel_mm": np.array(pixels)}
 
 
-def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
-    """f(x) for every slice, cached by the denoiser's hash and the data."""
-    key = hashlib.sha256((str(den.sha256 or den.source) + tag).encode()).hexdigest()[:16]
-    path = cache_dir() / f"fx-{den.name}-{key}.npy"
+def _cached_array(path: Path, compute) -> np.ndarray:
+    """``compute()`` once, then read from ``path`` (an .npy in the cache)."""
     if path.exists():
         return np.load(path)
-    out = den.denoise_slices(ld_hu, batch_size=2)
+    out = compute()
     tmp = path.with_suffix(f".{os.getpid()}.partial.npy")  # several ranks may write at once
     np.save(tmp, out)
     os.replace(tmp, path)
     return out
+
+
+def denoise_cached(den: Denoiser, ld_hu: np.ndarray, tag: str) -> np.ndarray:
+    """f(x) for every slice, cached by the denoiser's hash and the data."""
+    key = hashlib.sha256((str(den.sha256 or den.source) + tag).encode()).hexdigest()[:16]
+    return _cached_array(
+        cache_dir() / f"fx-{den.name}-{key}.npy", lambda: den.denoise_slices(ld_hu, batch_size=2)
+    )
 
 
 def noise_maps_cached(slices: dict, tag: str, device: str | torch.device = "cpu") -> np.ndarray:
     """The local noise map (``sampler.slice_noise_map``) of every training slice [N, H, W], cached by
     the data: what a cINN with ``noise_map`` is conditioned on."""
+    from ..datasets import slices_pixel_mm
     from ..invariance.sampler import NOISE_MAP_REALISATIONS, NOISE_MAP_SEED, slice_noise_map
 
     recipe = f"{tag}|{NOISE_MAP_REALISATIONS}|{NOISE_MAP_SEED}|v1"
     path = cache_dir() / f"noisemap-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path)
-    out = np.stack([slice_noise_map(x, px, device) for x, px in zip(slices["ld"], _pixel_mm(slices))])
-    tmp = path.with_suffix(f".{os.getpid()}.partial.npy")  # several ranks may write at once
-    np.save(tmp, out)
-    os.replace(tmp, path)
-    return out
-
-
-def _pixel_mm(slices: dict) -> list[tuple[float, float]]:
-    if "pixel_mm" in slices:
-        return [tuple(map(float, p)) for p in slices["pixel_mm"]]
-    from ..datasets import source_pixel_mm
-
-    return [source_pixel_mm(str(n).split("[")[0]) for n in slices["names"]]
+    return _cached_array(
+        path,
+        lambda: np.stack(
+            [slice_noise_map(x, p, device) for x, p in zip(slices["ld"], slices_pixel_mm(slices))]
+        ),
+    )
 
 
 def conditioned_sampler(
