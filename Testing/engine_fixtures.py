@@ -7,6 +7,7 @@ import torch
 
 from CTInvariancesLib.invariance.cinn import CINNConfig
 from CTInvariancesLib.invariance.cvae import CVAEConfig
+from CTInvariancesLib.invariance.spatial import SpatialCINNConfig, SpatialCVAEConfig
 
 TINY_CVAE = CVAEConfig(
     patch=32,
@@ -23,6 +24,12 @@ TINY_CINN = CINNConfig(
     z_dim=32, hidden=64, hidden_depth=1, n_flows=4, cond_size=32, n_down=3, embedder_width=8, name="tiny"
 )
 REGION = (slice(10, 22), slice(10, 22))  # what the planted denoiser ignores
+CLIP = 0.3  # the clipping denoiser's threshold (normalised units; the blobs reach up to about 1)
+TINY_SPATIAL_CVAE = SpatialCVAEConfig(latent_ch=2, down=1, width=8, latent_width=16, blocks=1, patch=32,
+                                      name="tiny-spatial")
+TINY_SPATIAL_CINN = SpatialCINNConfig(latent_ch=2, down=1, n_flows=4, hidden=16, cond_width=8,
+                                      noise_condition=False, noise_scale=False, noise_map=False,
+                                      name="tiny-spatial")
 
 
 def blobs(n: int, rng: np.random.Generator, size: int = 32) -> torch.Tensor:
@@ -44,6 +51,11 @@ def ignore_region(x: torch.Tensor) -> torch.Tensor:
     y = x.clone()
     y[..., REGION[0], REGION[1]] = 0.0
     return y
+
+
+def clip_bright(x: torch.Tensor) -> torch.Tensor:
+    """A 'denoiser' that clips everything above CLIP: what the bright structures hold is lost."""
+    return x.clamp(max=CLIP)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:

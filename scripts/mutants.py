@@ -101,6 +101,14 @@ MUTANTS = (
         ("Testing/test_spatial_engine.py::test_the_condition_matters_f_of_x_and_noise_level",),
     ),
     Mutant(
+        "spatial-cinn-ignores-f-of-x",
+        "the spatial cINN's condition features are multiplied by 0 (it models z without f(x))",
+        LIB + "invariance/spatial.py",
+        "    def forward(self, fx: torch.Tensor) -> torch.Tensor:\n        return self.net(fx)",
+        "    def forward(self, fx: torch.Tensor) -> torch.Tensor:\n        return self.net(fx) * 0",
+        ("Testing/test_engine_training.py::test_spatial_engine_varies_inside_what_a_clipping_denoiser_loses",),
+    ),
+    Mutant(
         "noise-scale-not-initialised",
         "the cINN's noise scale skips its data-dependent initialisation (stays the identity)",
         LIB + "invariance/spatial.py",
