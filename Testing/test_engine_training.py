@@ -161,8 +161,9 @@ def test_spatial_engine_varies_inside_what_a_clipping_denoiser_loses(tmp_path, t
         x = blobs(40, np.random.default_rng(123))  # patches never seen in training
         fx = f(x)
         shape = vae.encode(x, fx).mean.shape
-        cinn_std = torch.stack([vae.decode(inn.reverse(torch.randn(shape), fx), fx) for _ in range(16)]).std(0)
-        prior_std = torch.stack([vae.decode(torch.randn(shape), fx) for _ in range(16)]).std(0)
+        cinn = [vae.decode(inn.reverse(torch.randn(shape), fx), fx) for _ in range(16)]
+        prior = [vae.decode(torch.randn(shape), fx) for _ in range(16)]
+        cinn_std, prior_std = torch.stack(cinn).std(0), torch.stack(prior).std(0)
     clipped, soft = x > CLIP + 0.05, x.abs() < 0.2
     cinn_ratio = float(cinn_std[clipped].mean() / cinn_std[soft].mean())
     prior_ratio = float(prior_std[clipped].mean() / prior_std[soft].mean())
