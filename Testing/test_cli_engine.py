@@ -121,7 +121,7 @@ def test_noise_sampler_with_consistency_keeps_raw_samples_on_request(ct_small, t
     assert metrics["fidelity"]["median_rmse_output_hu"] < metrics["fidelity_raw"]["median_rmse_output_hu"]
     assert metrics["diversity"]["std_map_median_hu"] > 0 and 0 < metrics["fresh_noise_ratio"]["median"] < 2
     run_json = json.loads((out / "run.json").read_text())
-    assert run_json["sampler"] == "noise" and run_json["consistency"] == {"steps": 3, "method": "gd"}
+    assert run_json["sampler"] == "noise" and run_json["consistency"] == {"steps": 3, "method": "ncg"}
     plain = tmp_path / "p"
     proc = run(
         "sample",

@@ -101,13 +101,15 @@ def test_clipping_denoiser_varies_inside_the_clipped_structures_only():
     assert np.median(res.residual_after_hu) < 0.2 * np.median(res.residual_before_hu)
 
 
-def test_correction_stays_in_the_range_of_the_jacobian_transpose():
+@pytest.mark.parametrize("method", ["gd", "ncg"])
+def test_correction_stays_in_the_range_of_the_jacobian_transpose(method):
     """For a linear f, what f ignores (its null space) is left exactly as drawn."""
     x, _ = _phantom(size=96)
     den = Denoiser(_block_average, "block-average", input_convention="hu")
     raw = NoiseSampler(den).sample(x, 3, seed=2, pixel_mm=PIXEL_MM).samples
     region = np.ones_like(x, bool)
-    res = consistency_project(den, x, raw, region=region, tolerance=0.0)  # all the default steps: exact
+    # all the default steps: exact
+    res = consistency_project(den, x, raw, region=region, tolerance=0.0, method=method)
     t = torch.from_numpy
     d = t(res.samples - raw)[:, None]
     null_part = d - _block_average(d)  # component of the correction in the null space
@@ -117,13 +119,14 @@ def test_correction_stays_in_the_range_of_the_jacobian_transpose():
     assert float((t(res.samples - x)[:, None] - _block_average(t(res.samples - x)[:, None])).abs().mean()) > 5
 
 
-def test_correction_has_no_component_in_a_smooth_null_space():
+@pytest.mark.parametrize("method", ["gd", "ncg"])
+def test_correction_has_no_component_in_a_smooth_null_space(method):
     """A per-pixel rescaled step (Adam, sign of the gradient) would put high frequencies, which this
     low-pass f ignores, into the correction; gradient steps do not."""
     x, _ = _phantom(size=96)
     den = Denoiser(_lowpass, "low-pass", input_convention="hu")
     raw = NoiseSampler(den).sample(x, 3, seed=5, pixel_mm=PIXEL_MM).samples
-    res = consistency_project(den, x, raw, region=np.ones_like(x, bool), tolerance=0.0)
+    res = consistency_project(den, x, raw, region=np.ones_like(x, bool), tolerance=0.0, method=method)
     d = torch.from_numpy(res.samples - raw)[:, None]
     assert float((d - _lowpass(d)).abs().max()) <= 1e-3 * float(d.abs().max())
     gap = _lowpass(torch.from_numpy(res.samples)[:, None]) - _lowpass(torch.from_numpy(x)[None, None])

@@ -68,23 +68,27 @@ def methods(args) -> None:
     raw = NoiseSampler(den).sample(x, args.samples, seed=0, pixel_mm=PIXEL_MM, denoised_hu=fx).samples
     body = body_mask(x)
 
-    def report(label, s, secs):
+    def report(label, s, secs, steps=None):
         fs = den.denoise_slices(s)
         moved = [np.sqrt(np.mean((a - x)[body] ** 2)) for a in s]
         kept = [np.sqrt(np.mean((b - fx)[body] ** 2)) for b in fs]
         print(f"| {label} | {np.median(np.array(kept) / np.array(moved)):.3f} | {np.median(kept):.2f} | "
-              f"{np.median(moved):.1f} | {np.median(s.std(0)[body]):.2f} | {secs:.1f} |", flush=True)
+              f"{np.median(moved):.1f} | {np.median(s.std(0)[body]):.2f} | "
+              f"{'-' if steps is None else steps[0]} | {secs:.1f} |", flush=True)
 
     print(f"{args.denoiser}, abdomen k=16, 25 % dose, central {args.crop} px, K = {args.samples}, "
           "noise sampler\n")
-    print("| method | ratio | RMSE f(x~') - f(x) HU | RMSE x~' - x HU | std of samples HU | s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| method | ratio | RMSE f(x~') - f(x) HU | RMSE x~' - x HU | std of samples HU | iterations | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     report("raw samples", raw, 0.0)
     runs = [
         ("gradient descent, 20 steps, step 1, no momentum", dict(method="gd", steps=20, step_size=1.0,
                                                                 momentum=0.0, tolerance=0.0)),
         ("gradient descent, 20 steps, step 1.8, momentum 0.3", dict(method="gd", steps=20, tolerance=0.0)),
-        ("default: as above, up to 40 steps, stop at ratio 0.07", {}),
+        ("as above, up to 80 steps, stop at ratio 0.07", dict(method="gd")),
+        ("nonlinear CG from the start, stop at ratio 0.07", dict(method="ncg", warmup=0)),
+        ("default: 6 gradient steps, then nonlinear CG, stop at ratio 0.07", {}),
+        ("12 gradient steps, then nonlinear CG, stop at ratio 0.07", dict(method="ncg", warmup=12)),
         ("Gauss-Newton CG, 10 iterations (20 products), relinearised every 4", dict(method="cg", steps=10,
                                                                                     tolerance=0.0)),
         ("Gauss-Newton CG, 10 iterations, relinearised every 10", dict(method="cg", steps=10, restart=10,
@@ -93,13 +97,13 @@ def methods(args) -> None:
     for label, kw in runs:
         t = time.perf_counter()
         res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=args.samples, **kw)
-        report(label, res.samples, time.perf_counter() - t)
+        report(label, res.samples, time.perf_counter() - t, res.steps_used)
     t = time.perf_counter()
     report("Adam, 20 steps, lr 2 HU (not in the range of J^T)", _adam(den, x, raw, fx, 20),
-           time.perf_counter() - t)
+           time.perf_counter() - t, [20])
 
 
-def _one(denoiser: str, sampler: str, device: str = "cpu", cvae: str | None = None) -> dict:
+def _one(denoiser: str, sampler: str, device: str = "cpu", method: str = "", cvae: str | None = None) -> dict:
     """One (denoiser, sampler) run; on a GPU the run is repeated and the second (warm) one timed."""
     x = _slice()
     cuda = device.startswith("cuda")
@@ -116,11 +120,18 @@ def _one(denoiser: str, sampler: str, device: str = "cpu", cvae: str | None = No
         if cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=16 if cuda else 4)
+        res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=16 if cuda else 4,
+                                  **({"method": method} if method else {}))
         if cuda:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
+    body = body_mask(x)
+    fs = den.denoise_slices(res.samples)
+    ratios = [np.sqrt(np.mean((b - fx)[body] ** 2) / np.mean((a - x)[body] ** 2))
+              for a, b in zip(res.samples, fs)]
     return {"sampling_s": t1 - t0, "consistency_s": t2 - t1, "steps": res.steps_used,
+            "ratio_median": float(np.median(ratios)),
+            "std_median_hu": float(np.median(res.samples.std(0)[body])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
@@ -140,20 +151,22 @@ def _in_fresh_process(argv: list[str], cvae: str | None, row: str) -> tuple[dict
 def speed(args) -> None:
     from CTInvariancesLib.training.distributed import hardware_description
 
-    print(f"K = 16, whole 512 x 512 slice (abdomen k=16, 25 % dose), default consistency step "
+    print(f"K = 16, whole 512 x 512 slice (abdomen k=16, 25 % dose), consistency step "
+          f"{args.method or 'default'} "
           f"(batches of {16 if args.device.startswith('cuda') else 4}); {hardware_description(args.device)}"
           f"{'; warm (second) run timed' if args.device.startswith('cuda') else ''}\n")
     print("| denoiser | sampler | sampling s | consistency s | total s | steps per batch "
-          "| peak RSS MB | peak GPU MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| ratio | std HU | peak RSS MB | peak GPU MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.denoisers:
         for sampler in args.samplers:
-            r, gpu = _in_fresh_process(["_one", name, sampler, args.device], args.cvae,
+            r, gpu = _in_fresh_process(["_one", name, sampler, args.device, args.method], args.cvae,
                                        f"| {name} | {sampler} ")
             if r is None:
                 continue
             print(f"| {name} | {sampler} | {r['sampling_s']:.2f} | {r['consistency_s']:.2f} | "
                   f"{r['sampling_s'] + r['consistency_s']:.2f} | {r['steps']} | "
+                  f"{r['ratio_median']:.3f} | {r['std_median_hu']:.2f} | "
                   f"{r['peak_rss_mb']:.0f} | {gpu} |",
                   flush=True)
 
@@ -217,6 +230,7 @@ def main() -> int:
     s.add_argument("--denoisers", nargs="*", default=["cnn10", "wganvgg", "redcnn", "dugan"])
     s.add_argument("--samplers", nargs="*", default=["noise", "cinn"])
     s.add_argument("--device", default="cpu")
+    s.add_argument("--method", default="", help="consistency method (default: the library's)")
     s.add_argument("--cvae", help="engine folder or cVAE file for the cinn sampler (default: bundled)")
     r = sub.add_parser("raw")
     r.add_argument("--samples", type=int, default=32)

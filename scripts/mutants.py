@@ -203,6 +203,28 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "ncg-leaves-range",
+        "the nonlinear-CG phase of the consistency step follows the sign of the gradient (Adam-like)",
+        LIB + "invariance/consistency.py",
+        "grad = lin.vjp(r)  # J^T r",
+        "grad = lin.vjp(r).sign()  # J^T r",
+        (
+            "Testing/test_consistency.py::test_correction_stays_in_the_range_of_the_jacobian_transpose",
+            "Testing/test_consistency.py::test_correction_has_no_component_in_a_smooth_null_space",
+        ),
+    ),
+    Mutant(
+        "ncg-no-op",
+        "the nonlinear-CG phase of the consistency step does not move the samples",
+        LIB + "invariance/consistency.py",
+        "s = (s + alpha * direction).detach()",
+        "s = s.detach()",
+        (
+            "Testing/test_consistency.py::test_identity_denoiser_samples_are_brought_back_to_x",
+            "Testing/test_consistency.py::test_clipping_denoiser_varies_inside_the_clipped_structures_only",
+        ),
+    ),
+    Mutant(
         "consistency-no-op",
         "the consistency step does not move the samples",
         LIB + "invariance/consistency.py",

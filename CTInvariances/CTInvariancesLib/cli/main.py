@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--consistency-method",
-        choices=("gd", "cg"),
+        choices=("ncg", "gd", "cg"),
         default=CONSISTENCY_METHOD,
-        help="gd: gradient descent with momentum (default); cg: Gauss-Newton with conjugate gradients",
+        help="ncg: six gradient steps, then nonlinear conjugate gradients (default); gd: gradient "
+        "descent with momentum only; cg: Gauss-Newton with linear conjugate gradients",
     )
     _add_max_memory(p)
     p.add_argument(
