@@ -8,7 +8,7 @@ import torch
 
 from CTInvariancesLib.denoisers.loading import Denoiser, load_denoiser
 from CTInvariancesLib.errors import CTInvariancesError
-from CTInvariancesLib.invariance.consistency import consistency_project
+from CTInvariancesLib.invariance.consistency import DEFAULT_WARMUP, consistency_project, receptive_radius
 from CTInvariancesLib.invariance.sampler import NoiseSampler
 from CTInvariancesLib.lowdose import estimate_noise_hu
 
@@ -71,11 +71,17 @@ def test_noise_sampler_draws_noise_at_the_level_of_x():
     assert not np.allclose(other.samples, res.samples[:3])
 
 
-def test_identity_denoiser_samples_are_brought_back_to_x():
+@pytest.mark.parametrize(
+    "method, warmup",
+    [("ncg", DEFAULT_WARMUP), ("gd", 0), ("ncg", 0)],
+    ids=["default", "gradient-steps-only", "nonlinear-cg-only"],
+)
+def test_identity_denoiser_samples_are_brought_back_to_x(method, warmup):
+    """Each phase of the default (gradient steps, nonlinear CG) must do the job on its own."""
     x, _ = _phantom()
     den = Denoiser(_identity, "identity", input_convention="hu")
     raw = NoiseSampler(den).sample(x, 4, seed=0, pixel_mm=PIXEL_MM).samples
-    res = consistency_project(den, x, raw)
+    res = consistency_project(den, x, raw, method=method, warmup=warmup)
     body = x > -500
     rmse = [float(np.sqrt(np.mean((s - x)[body] ** 2))) for s in res.samples]
     assert max(rmse) <= 1.0, rmse
@@ -131,6 +137,47 @@ def test_correction_has_no_component_in_a_smooth_null_space(method):
     assert float((d - _lowpass(d)).abs().max()) <= 1e-3 * float(d.abs().max())
     gap = _lowpass(torch.from_numpy(res.samples)[:, None]) - _lowpass(torch.from_numpy(x)[None, None])
     assert float(gap.abs().max()) <= 0.5
+
+
+def _offset_from_dense_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Identity plus an offset from all pixels above 900 HU in the slice: a reach that impulses in
+    soft tissue do not reveal (they never cross 900 HU)."""
+    return x + 0.5 * torch.relu(x - 900.0).mean(dim=(-2, -1), keepdim=True)
+
+
+def test_the_crop_covers_what_f_reaches_even_where_impulses_do_not_show_it():
+    """The step works on a crop around the body; f of that crop must be f of the whole slice there,
+    or the samples are made consistent with the wrong target. Here the table (1500 HU, outside the
+    body) shifts f everywhere by ~17 HU; the measured receptive radius is 0, so only the check of
+    the crop against f of the whole slice can find it."""
+    x, _ = _phantom()
+    body = x > -500
+    x[150:159, :] = 1500.0  # the table
+    den = Denoiser(_offset_from_dense_pixels, "dense-offset", input_convention="hu")
+    assert receptive_radius(den, x, body, torch.device("cpu")) == 0
+    raw = (
+        NoiseSampler(Denoiser(_identity, "identity", input_convention="hu"))
+        .sample(x, 2, seed=0, pixel_mm=PIXEL_MM)
+        .samples
+    )
+    res = consistency_project(den, x, raw, region=body)
+    fx, fs = den.denoise_slices(x[None])[0], den.denoise_slices(res.samples)
+    ratio = [
+        np.sqrt(np.mean((b - fx)[body] ** 2) / np.mean((a - x)[body] ** 2)) for a, b in zip(res.samples, fs)
+    ]
+    assert max(ratio) <= 0.1, ratio  # on the whole slice, as the user sees it
+
+
+def test_receptive_radius_of_known_networks():
+    x, _ = _phantom()
+    body = x > -500
+    conv = torch.nn.Conv2d(1, 1, 21, padding=10, bias=False)
+    torch.nn.init.constant_(conv.weight, 1.0 / 441)
+    conv.requires_grad_(False)
+    box = Denoiser(conv, "box-21", input_convention="hu")
+    assert receptive_radius(box, x, body, torch.device("cpu")) == 10
+    global_mean = Denoiser(lambda t: t - t.mean(dim=(-2, -1), keepdim=True), "global", input_convention="hu")
+    assert receptive_radius(global_mean, x, body, torch.device("cpu")) is None  # no crop: the whole slice
 
 
 def test_zero_steps_returns_the_raw_samples_and_the_input_is_not_modified():

@@ -225,6 +225,14 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "consistency-crop-not-checked",
+        "the consistency step trusts the measured receptive radius and skips the check of its crop",
+        LIB + "invariance/consistency.py",
+        "        if margin >= max(x.shape):\n            return rs, cs, target",
+        "        if True:\n            return rs, cs, target",
+        ("Testing/test_consistency.py::test_the_crop_covers_what_f_reaches_even_where_impulses_do_not_show_it",),
+    ),
+    Mutant(
         "consistency-no-op",
         "the consistency step does not move the samples",
         LIB + "invariance/consistency.py",

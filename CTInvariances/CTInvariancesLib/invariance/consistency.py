@@ -81,19 +81,23 @@ def receptive_radius(denoiser, x: np.ndarray, region: np.ndarray, device) -> int
     """How far (px) a change of one input pixel reaches in f's output: the largest distance at which
     f(x + impulse) - f(x) is not zero, for impulses at four places in ``region`` (the max over the
     four covers paths that one place's ReLUs switch off). None when it reaches the border of the
-    probe patches (a network with a wider or a global receptive field)."""
+    probe patches (a network with a wider or a global receptive field) or when the network does not
+    take the probe patches (96 px, a multiple of 32)."""
     ys, xs = np.nonzero(region)
     if ys.size == 0:
         return 0
     half = RF_PROBE_PX
     padded = np.pad(x, half, mode="edge")
     pick = np.linspace(0, ys.size - 1, 6)[1:-1].astype(int)
-    patches = [padded[y : y + 2 * half + 1, c : c + 2 * half + 1] for y, c in zip(ys[pick], xs[pick])]
+    patches = [padded[y : y + 2 * half, c : c + 2 * half] for y, c in zip(ys[pick], xs[pick])]
     t = torch.from_numpy(np.stack(patches).astype(np.float32))[:, None].to(device)
     bumped = t.clone()
     bumped[..., half, half] += 100.0
-    with torch.no_grad():
-        change = (denoiser(bumped) - denoiser(t)).abs()[:, 0].amax(0).float().cpu().numpy()
+    try:
+        with torch.no_grad():
+            change = (denoiser(bumped) - denoiser(t)).abs()[:, 0].amax(0).float().cpu().numpy()
+    except CTInvariancesError:  # e.g. a network that needs other sizes: no crop, the whole slice
+        return None
     rows, cols = np.nonzero(change > 1e-4 * max(float(change.max()), 1e-12))
     if rows.size == 0:
         return 0
@@ -271,8 +275,12 @@ def _crop_and_target(denoiser, x, region, denoised_hu, device) -> tuple[slice, s
         target = _tensor(denoised_hu[rs, cs], device)
         if margin >= max(x.shape):
             return rs, cs, target
-        with torch.no_grad():
-            got = denoiser(_tensor(x[rs, cs], device))
+        try:
+            with torch.no_grad():
+                got = denoiser(_tensor(x[rs, cs], device))
+        except CTInvariancesError:  # a network that does not take this crop's size
+            margin = max(x.shape)
+            continue
         inside = torch.from_numpy(np.ascontiguousarray(region[rs, cs])).to(device)
         if float((got - target)[0, 0][inside].abs().max()) <= 0.05:  # HU; float round-off is ~1e-4
             return rs, cs, target
