@@ -39,34 +39,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SINGLE = distributed.DistContext()
 
 
-def _train_engine(tmp: Path, f, name: str) -> tuple:
+def _train_engine(
+    tmp: Path, f, name: str, cvae_config=TINY_CVAE, cinn_config=TINY_CINN, cvae=None, cinn=None
+) -> tuple:
+    """Train a tiny engine on synthetic blobs for denoiser ``f``; ``cvae`` / ``cinn``: settings that
+    differ from the tiled engine's test recipe."""
+    cvae_settings = dict(steps=600, batch_size=32, lr=2e-3, l1_weight=1.0, kl_weight=0.1) | (cvae or {})
     CVAETrainer(
         CVAETrainingConfig(
             out=str(tmp / "cvae"),
-            model_config=TINY_CVAE,
-            steps=600,
-            batch_size=32,
-            lr=2e-3,
-            l1_weight=1.0,
-            kl_weight=0.1,
+            model_config=cvae_config,
             adv_weight=0.0,
             device="cpu",
             checkpoint_every=1000,
+            **cvae_settings,
         ),
         SINGLE,
         source=SyntheticSource(f, 0),
     ).run(progress=False)
+    cinn_settings = dict(steps=300, batch_size=64, lr=1e-3) | (cinn or {})
     CINNTrainer(
         CINNTrainingConfig(
             out=str(tmp / "cinn"),
             denoiser=name,
             cvae=str(tmp / "cvae"),
-            model_config=TINY_CINN,
-            steps=300,
-            batch_size=64,
-            lr=1e-3,
+            model_config=cinn_config,
             device="cpu",
             checkpoint_every=1000,
+            **cinn_settings,
         ),
         SINGLE,
         source=SyntheticSource(f, 1),
@@ -121,41 +121,16 @@ def test_spatial_engine_varies_inside_what_a_clipping_denoiser_loses(tmp_path, t
     clipped structures (what f loses) >= 5x more than in soft tissue (what f keeps), and beat the
     cVAE prior alone, which varies everywhere because it does not know f(x)."""
     f = clip_bright
-    CVAETrainer(
-        CVAETrainingConfig(
-            out=str(tmp_path / "cvae"),
-            model_config=TINY_SPATIAL_CVAE,
-            steps=400,
-            batch_size=32,
-            lr=2e-3,
-            l1_weight=1.0,
-            l2_weight=10.0,  # keeps the tiny decoder off the saddle where it ignores z
-            kl_weight=1e-4,
-            adv_weight=0.0,
-            device="cpu",
-            checkpoint_every=1000,
-        ),
-        SINGLE,
-        source=SyntheticSource(f, 0),
-    ).run(progress=False)
-    CINNTrainer(
-        CINNTrainingConfig(
-            out=str(tmp_path / "cinn"),
-            denoiser="clip",
-            cvae=str(tmp_path / "cvae"),
-            model_config=TINY_SPATIAL_CINN,
-            steps=300,
-            batch_size=32,
-            lr=2e-3,
-            device="cpu",
-            checkpoint_every=1000,
-        ),
-        SINGLE,
-        source=SyntheticSource(f, 1),
-        denoiser=Denoiser(f, "clip"),
-    ).run(progress=False)
-    vae, _ = load_cvae(tmp_path / "cvae")
-    inn, _ = load_cinn(tmp_path / "cinn" / "cinn-clip.safetensors")
+    vae, inn = _train_engine(
+        tmp_path,
+        f,
+        "clip",
+        TINY_SPATIAL_CVAE,
+        TINY_SPATIAL_CINN,
+        # l2 keeps the tiny decoder off the saddle where it ignores z
+        cvae=dict(steps=400, l2_weight=10.0, kl_weight=1e-4),
+        cinn=dict(batch_size=32, lr=2e-3),
+    )
     torch.manual_seed(0)
     with torch.inference_mode():
         x = blobs(40, np.random.default_rng(123))  # patches never seen in training
