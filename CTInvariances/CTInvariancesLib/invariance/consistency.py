@@ -23,6 +23,8 @@ stops once every sample is consistent to ``tolerance``.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -260,6 +262,9 @@ def _project_batch(
     return s, done
 
 
+_RADII: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # denoiser -> receptive radius
+
+
 def _crop_and_target(denoiser, x, region, denoised_hu, device) -> tuple[slice, slice, torch.Tensor]:
     """The crop the step works on (the region's bounding box plus f's measured receptive radius) and
     f(x) on it, taken from f of the whole slice. The crop is checked: f of the cropped x must equal
@@ -268,7 +273,12 @@ def _crop_and_target(denoiser, x, region, denoised_hu, device) -> tuple[slice, s
     with torch.no_grad():
         if denoised_hu is None:
             denoised_hu = denoiser(_tensor(x, device))[0, 0].float().cpu().numpy()
-    radius = receptive_radius(denoiser, x, region, device)
+    try:  # a property of the network: measured on its first slice (the check below covers the rest)
+        radius = _RADII[denoiser]
+    except (KeyError, TypeError):
+        radius = receptive_radius(denoiser, x, region, device)
+        with contextlib.suppress(TypeError):
+            _RADII[denoiser] = radius
     margin = max(x.shape) if radius is None else radius + RF_SAFETY_PX
     while True:
         rs, cs = region_box(region, margin)
