@@ -36,6 +36,7 @@ from CTInvariancesLib.datasets import make_pairs  # noqa: E402
 from CTInvariancesLib.denoisers import load_denoiser  # noqa: E402
 from CTInvariancesLib.evaluation import HOLDOUT_SEED  # noqa: E402
 from CTInvariancesLib.invariance.consistency import consistency_project  # noqa: E402
+from CTInvariancesLib.invariance.pipeline import diversity, slice_check  # noqa: E402
 from CTInvariancesLib.invariance.sampler import InvarianceSampler, NoiseSampler  # noqa: E402
 from CTInvariancesLib.metrics import body_mask  # noqa: E402
 
@@ -126,12 +127,10 @@ def _one(denoiser: str, sampler: str, device: str = "cpu", method: str = "", cva
             torch.cuda.synchronize()
         t2 = time.perf_counter()
     body = body_mask(x)
-    fs = den.denoise_slices(res.samples)
-    ratios = [np.sqrt(np.mean((b - fx)[body] ** 2) / np.mean((a - x)[body] ** 2))
-              for a, b in zip(res.samples, fs)]
+    ratios = slice_check(den, x, fx, res.samples, body)["ratio"]
     return {"sampling_s": t1 - t0, "consistency_s": t2 - t1, "steps": res.steps_used,
             "ratio_median": float(np.median(ratios)),
-            "std_median_hu": float(np.median(res.samples.std(0)[body])),
+            "std_median_hu": diversity(res.samples, body)["std_map_median_hu"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 

@@ -48,7 +48,7 @@ DEFAULT_WARMUP = 6
 # stop early once every sample of a batch has RMSE(f(x~'), f(x)) <= tolerance * RMSE(x~', x) in the
 # region (the fidelity ratio, with a margin below the 0.1 that the README's table checks)
 DEFAULT_TOLERANCE = 0.07
-# beyond the region: the denoiser's receptive radius (measured per call, receptive_radius) plus this
+# beyond the region: the denoiser's receptive radius (receptive_radius, once per denoiser) plus this
 RF_SAFETY_PX = 2
 RF_PROBE_PX = 48  # half-size of the patches the receptive radius is probed in
 MARGIN_PX = 24  # region_box's default (covers the bundled denoisers' receptive radii, 7-20 px)
@@ -338,9 +338,9 @@ def consistency_project(
     device = getattr(denoiser, "device", torch.device("cpu"))
     if device.type == "cpu":
         _tune_cpu_allocator()
-    _check_differentiable(denoiser, _tensor(x[:32, :32], device))
     rs, cs, target = _crop_and_target(denoiser, x, region, denoised_hu, device)
     xc = _tensor(x[rs, cs], device)
+    _check_differentiable(denoiser, xc[..., :32, :32])
     mask = _tensor(region[rs, cs], device)
     n_mask = max(1.0, float(mask.sum()))
 
