@@ -160,3 +160,68 @@ def test_torch_export_program(tmp_path):
     y = torch.randn(1, 1, 40, 32)
     with torch.no_grad():
         assert torch.allclose(den(y), net(y), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel, padding", [(9, 4), (5, 0), ((3, 5), (1, 2)), ((4, 2), (3, 0))], ids=str
+)
+def test_fast_input_gradient_equals_autograd(kernel, padding):
+    """The single-channel layer's own backward (a matrix product and shifted additions) must give
+    autograd's input gradient: odd, even, rectangular kernels; same, valid and uneven padding."""
+    import copy
+
+    from CTInvariancesLib.denoisers.input_gradients import fast_input_gradients
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, kernel, padding=padding), torch.nn.ReLU(), torch.nn.Conv2d(6, 1, 3)
+    ).requires_grad_(False)
+    fast = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+    x = (torch.randn(3, 1, 23, 30) * 20).requires_grad_(True)
+    with fast_input_gradients(fast) as count:
+        got_out = fast(x)
+    assert count == 1  # the first layer only: the last has 6 input channels
+    want_out = reference(x)
+    first_layer = got_out.grad_fn.next_functions[0][0].next_functions[0][0]  # conv <- ReLU <- conv
+    assert first_layer.name().endswith("_SingleChannelConvBackward")
+    r = torch.randn_like(want_out)
+    got = torch.autograd.grad(got_out, x, r)[0]
+    want = torch.autograd.grad(want_out, x, r)[0]
+    assert torch.allclose(got_out, want_out, atol=1e-5)  # channels-last sums in another order
+    assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()))
+
+
+def test_fast_input_gradient_only_where_it_applies():
+    """Weights that train, strided or multi-channel layers, and inputs without gradient keep the
+    layer's own code; after the block the module scripts as before (users script loaded networks)."""
+    from CTInvariancesLib.denoisers.input_gradients import fast_input_gradients
+
+    strided = torch.nn.Conv2d(1, 4, 3, stride=2)
+    multi = torch.nn.Conv2d(2, 4, 3)
+    with fast_input_gradients(torch.nn.Sequential(strided, multi)) as count:
+        assert count == 0
+    layer = torch.nn.Conv2d(1, 4, 3, padding=1)
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    with fast_input_gradients(layer) as count, fast_input_gradients(layer) as inner:
+        assert (count, inner) == (1, 0)
+        assert "_SingleChannelConv" not in layer(x).grad_fn.name()  # weights still train
+        layer.requires_grad_(False)
+        assert "_SingleChannelConv" in layer(x).grad_fn.name()
+        assert layer(x.detach()).grad_fn is None
+    assert "_SingleChannelConv" not in layer(x).grad_fn.name()
+    torch.jit.script(layer)
+
+
+def test_consistency_step_takes_the_fast_input_gradient(monkeypatch):
+    """The consistency step's speed on the CPU rests on the fast path: it must be taken there."""
+    from CTInvariancesLib.denoisers import input_gradients
+    from CTInvariancesLib.invariance.consistency import consistency_project
+
+    calls = []
+    real = input_gradients.input_gradient
+    monkeypatch.setattr(input_gradients, "input_gradient", lambda *a: calls.append(1) or real(*a))
+    den = Denoiser(build_denoiser("cnn10", width=4).requires_grad_(False), "cnn10")
+    x = np.full((40, 40), -1000.0, np.float32)
+    x[8:32, 8:32] = 40.0
+    consistency_project(den, x, x[None] + 5.0, steps=2, tolerance=0)
+    assert calls
