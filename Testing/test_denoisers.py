@@ -162,64 +162,81 @@ def test_torch_export_program(tmp_path):
         assert torch.allclose(den(y), net(y), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "kernel, padding", [(9, 4), (5, 0), ((3, 5), (1, 2)), ((4, 2), (3, 0))], ids=str
-)
-def test_fast_input_gradient_equals_autograd(kernel, padding):
-    """The single-channel layer's own backward (a matrix product and shifted additions) must give
-    autograd's input gradient: odd, even, rectangular kernels; same, valid and uneven padding."""
+@pytest.mark.parametrize("kernel, padding", [(9, 4), (5, 0), ((3, 5), (1, 2)), ((4, 2), (3, 0))], ids=str)
+def test_fast_single_channel_layers_equal_onednn(kernel, padding):
+    """The first layer's input gradient and the last layer's output (a convolution and a transposed
+    one to one channel) by matrix products must equal oneDNN's: odd, even, rectangular kernels;
+    same, valid and uneven padding; with and without gradients."""
     import copy
 
-    from CTInvariancesLib.denoisers.input_gradients import fast_input_gradients
+    from CTInvariancesLib.denoisers.single_channel import fast_single_channel_layers
 
     torch.manual_seed(0)
     reference = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, kernel, padding=padding), torch.nn.ReLU(), torch.nn.Conv2d(6, 1, 3)
+        torch.nn.Conv2d(1, 6, kernel, padding=padding),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(6, 5, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(5, 1, kernel, padding=padding),
+        torch.nn.Conv2d(1, 1, 3, padding=1),  # one channel in and out
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.Conv2d(4, 1, kernel, padding=padding, bias=False),
     ).requires_grad_(False)
     fast = copy.deepcopy(reference).to(memory_format=torch.channels_last)
     x = (torch.randn(3, 1, 23, 30) * 20).requires_grad_(True)
-    with fast_input_gradients(fast) as count:
+    with fast_single_channel_layers(fast) as count:
         got_out = fast(x)
-    assert count == 1  # the first layer only: the last has 6 input channels
+        with torch.no_grad():
+            got_no_grad = fast(x)
+        taken = []
+        node = got_out.grad_fn
+        while node is not None:
+            taken.append(node.name())
+            node = node.next_functions[0][0] if node.next_functions else None
+    assert count == 5  # not the transposed 6 -> 5 layer
+    assert sum(n.endswith("_LastLayerBackward") for n in taken) == 3, taken
+    assert sum(n.endswith("_FirstLayerBackward") for n in taken) == 2, taken
     want_out = reference(x)
-    first_layer = got_out.grad_fn.next_functions[0][0].next_functions[0][0]  # conv <- ReLU <- conv
-    assert first_layer.name().endswith("_SingleChannelConvBackward")
     r = torch.randn_like(want_out)
     got = torch.autograd.grad(got_out, x, r)[0]
     want = torch.autograd.grad(want_out, x, r)[0]
-    assert torch.allclose(got_out, want_out, atol=1e-5)  # channels-last sums in another order
+    tol = 1e-5 * float(want_out.detach().abs().max())  # channels-last sums in another order
+    assert torch.allclose(got_out, want_out, atol=tol) and torch.allclose(got_no_grad, want_out, atol=tol)
     assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()))
 
 
-def test_fast_input_gradient_only_where_it_applies():
-    """Weights that train, strided or multi-channel layers, and inputs without gradient keep the
-    layer's own code; after the block the module scripts as before (users script loaded networks)."""
-    from CTInvariancesLib.denoisers.input_gradients import fast_input_gradients
+def test_fast_single_channel_layers_only_where_they_apply():
+    """Weights that train, strided or multi-channel layers, and inputs without gradient (first
+    layers) keep the layer's own code; after the block the module scripts as before (users script
+    loaded networks)."""
+    from CTInvariancesLib.denoisers.single_channel import fast_single_channel_layers
 
     strided = torch.nn.Conv2d(1, 4, 3, stride=2)
     multi = torch.nn.Conv2d(2, 4, 3)
-    with fast_input_gradients(torch.nn.Sequential(strided, multi)) as count:
+    up = torch.nn.ConvTranspose2d(4, 1, 4, stride=2)
+    with fast_single_channel_layers(torch.nn.Sequential(strided, multi, up)) as count:
         assert count == 0
     layer = torch.nn.Conv2d(1, 4, 3, padding=1)
     x = torch.randn(1, 1, 8, 8, requires_grad=True)
-    with fast_input_gradients(layer) as count, fast_input_gradients(layer) as inner:
+    with fast_single_channel_layers(layer) as count, fast_single_channel_layers(layer) as inner:
         assert (count, inner) == (1, 0)
-        assert "_SingleChannelConv" not in layer(x).grad_fn.name()  # weights still train
+        assert "_FirstLayer" not in layer(x).grad_fn.name()  # weights still train
         layer.requires_grad_(False)
-        assert "_SingleChannelConv" in layer(x).grad_fn.name()
+        assert "_FirstLayer" in layer(x).grad_fn.name()
         assert layer(x.detach()).grad_fn is None
-    assert "_SingleChannelConv" not in layer(x).grad_fn.name()
+    assert "_FirstLayer" not in layer(x).grad_fn.name()
     torch.jit.script(layer)
 
 
-def test_consistency_step_takes_the_fast_input_gradient(monkeypatch):
-    """The consistency step's speed on the CPU rests on the fast path: it must be taken there."""
-    from CTInvariancesLib.denoisers import input_gradients
+def test_consistency_step_takes_the_fast_single_channel_layers(monkeypatch):
+    """The consistency step's speed on the CPU rests on the fast layers: they must be taken there."""
+    from CTInvariancesLib.denoisers import single_channel
     from CTInvariancesLib.invariance.consistency import consistency_project
 
     calls = []
-    real = input_gradients.input_gradient
-    monkeypatch.setattr(input_gradients, "input_gradient", lambda *a: calls.append(1) or real(*a))
+    real = single_channel.sum_of_shifted_taps
+    monkeypatch.setattr(single_channel, "sum_of_shifted_taps", lambda *a: calls.append(1) or real(*a))
     den = Denoiser(build_denoiser("cnn10", width=4).requires_grad_(False), "cnn10")
     x = np.full((40, 40), -1000.0, np.float32)
     x[8:32, 8:32] = 40.0

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import defaults
-from ..denoisers.input_gradients import fast_input_gradients
+from ..denoisers.single_channel import fast_single_channel_layers
 from ..errors import Cancelled, CTInvariancesError
 from ..metrics import body_mask
 
@@ -348,8 +348,8 @@ def consistency_project(
     def rmse(a: torch.Tensor) -> list[float]:
         return ((a * mask) ** 2).flatten(1).sum(1).div(n_mask).sqrt().tolist()
 
-    # the first layer's input gradient by a matrix product on the CPU (denoisers/input_gradients.py)
-    with fast_input_gradients(getattr(denoiser, "module", None)):
+    # single-channel layers by matrix products on the CPU (denoisers/single_channel.py)
+    with fast_single_channel_layers(getattr(denoiser, "module", None)):
         for start in range(0, len(samples), batch_size):
             if should_stop and should_stop():
                 raise Cancelled()
