@@ -121,7 +121,7 @@ def _one(denoiser: str, sampler: str, device: str = "cpu", method: str = "", cva
         if cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=16 if cuda else 4,
+        res = consistency_project(den, x, raw, denoised_hu=fx, batch_size=16 if cuda else None,
                                   **({"method": method} if method else {}))
         if cuda:
             torch.cuda.synchronize()
@@ -152,7 +152,8 @@ def speed(args) -> None:
 
     print(f"K = 16, whole 512 x 512 slice (abdomen k=16, 25 % dose), consistency step "
           f"{args.method or 'default'} "
-          f"(batches of {16 if args.device.startswith('cuda') else 4}); {hardware_description(args.device)}"
+          f"(batches of {16 if args.device.startswith('cuda') else 'the CPU default'}); "
+          f"{hardware_description(args.device)}"
           f"{'; warm (second) run timed' if args.device.startswith('cuda') else ''}\n")
     print("| denoiser | sampler | sampling s | consistency s | total s | steps per batch "
           "| ratio | std HU | peak RSS MB | peak GPU MB |")

@@ -91,7 +91,7 @@ def sample_volume(
     check: bool = True,
     consistency_steps: int = DEFAULT_STEPS,
     consistency_method: str = DEFAULT_METHOD,
-    consistency_batch: int = 4,
+    consistency_batch: int | None = None,
     keep_raw: bool = False,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
