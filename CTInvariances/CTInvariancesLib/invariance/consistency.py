@@ -207,6 +207,7 @@ def _project_batch(
     forward pass for J p), and a sample whose residual grew restarts from its gradient.
     "cg": Gauss-Newton, the linear system J J^T y = r solved by CG, relinearised every ``restart``
     iterations. All keep every correction in the span of J^T at the points visited.
+    Returns (s, iterations, f(s) at the start, f(s) at the end or None when not computed).
     """
     s = s.clone()
     done = 0
@@ -215,13 +216,17 @@ def _project_batch(
     velocity = torch.zeros_like(s)
     last = torch.full((b, 1, 1, 1), float("inf"), device=s.device)
     direction = grad_before = None
+    f_start = f_end = None  # f at the start and (when the loop ends consistent) at the end: no extra passes
     while done < steps:
         lin = _Linearisation(f, s)
+        if f_start is None:
+            f_start = lin.out0
         r = mask * (target - lin.out0)  # we want J d = r
         if tolerance > 0 and x is not None:
             # stop when every sample is consistent: RMSE(f(s), f(x)) <= tolerance * RMSE(s, x)
             moved = _bdot(mask * (s - x), mask * (s - x))
             if bool((_bdot(r, r) <= tolerance**2 * moved).all()):
+                f_end = lin.out0
                 break
         rr = _bdot(r, r)
         grew = rr > last
@@ -263,7 +268,7 @@ def _project_batch(
             done += 1
         s = (s + d).detach()
         del lin
-    return s, done
+    return s, done, f_start, f_end
 
 
 _RADII: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # denoiser -> receptive radius
@@ -360,10 +365,8 @@ def consistency_project(
                 raise Cancelled()
             s0 = torch.from_numpy(np.ascontiguousarray(samples[start : start + batch_size, rs, cs]))[:, None]
             s0 = s0.to(device)
-            with torch.no_grad():
-                result.residual_before_hu += rmse(denoiser(s0) - target)
             with torch.enable_grad():
-                s1, used = _project_batch(
+                s1, used, f_start, f_end = _project_batch(
                     denoiser,
                     s0,
                     target,
@@ -378,7 +381,8 @@ def consistency_project(
                     warmup=warmup,
                 )
             with torch.no_grad():
-                result.residual_after_hu += rmse(denoiser(s1) - target)
+                result.residual_before_hu += rmse((denoiser(s0) if f_start is None else f_start) - target)
+                result.residual_after_hu += rmse((denoiser(s1) if f_end is None else f_end) - target)
                 result.correction_rmse_hu += rmse(s1 - s0)
             samples[start : start + len(s0), rs, cs] = s1[:, 0].float().cpu().numpy()
             result.steps_used.append(used)
