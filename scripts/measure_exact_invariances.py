@@ -64,7 +64,7 @@ LISTS = ("raw_ratio", "ratio", "std", "std_raw", "pairwise", "power_raw", "nps_r
 
 
 def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0, device="cpu", cvae=None, cinn=None,
-            deadline_s=None, out=None, batch_size=4) -> dict:
+            deadline_s=None, out=None, batch_size=None) -> dict:
     """Slice by slice (all denoisers per slice), so that a run stopped by ``deadline_s`` still covers
     every denoiser; the result so far is written to ``out`` after every slice."""
     t_start = time.perf_counter()
@@ -247,7 +247,8 @@ def main() -> int:
     ap.add_argument("--cvae", help="cVAE file or folder (default: the bundled engine)")
     ap.add_argument("--cinn", help="cINN file or folder (default: beside the cVAE)")
     ap.add_argument("--deadline", type=float, metavar="S", help="start no new slice after S seconds")
-    ap.add_argument("--batch-size", type=int, default=4, help="samples per consistency batch")
+    ap.add_argument("--batch-size", type=int,
+                    help="samples per consistency batch (default: the step's own, 2 on the CPU)")
     ap.add_argument("--markers", default="exact-invariances-table",
                     help="README markers <!-- NAME:begin/end --> that --readme writes between")
     ap.add_argument("--readme", action="store_true")
