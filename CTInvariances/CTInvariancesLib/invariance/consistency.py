@@ -18,7 +18,9 @@ Cost: a gradient step is one forward pass with graph and one backward pass; a no
 iteration adds one forward pass (J p by finite differences) for its step length. All samples of a
 slice are solved in batches on f's device, only on the bounding box of the region plus f's measured
 receptive radius (checked: f of the crop equals f of the whole slice inside the region), and a batch
-stops once every sample is consistent to ``tolerance``.
+stops once every sample is consistent to ``tolerance``. On the CPU, f's single-channel layers (the
+first layer's input gradient, the last layer's output) are computed by matrix products
+(``denoisers/single_channel.py``; oneDNN is several times slower there) in batches of 2.
 """
 
 from __future__ import annotations
