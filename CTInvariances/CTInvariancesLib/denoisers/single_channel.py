@@ -26,22 +26,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _tap_planes(image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[kh*kw, H, W]: per kernel tap, the channels of ``image`` [C, H, W] weighted by that tap of
+    ``weight`` [C, 1, kh, kw] or [1, C, kh, kw] and summed (one matrix product)."""
+    c, h, w = image.shape
+    kh, kw = weight.shape[-2:]
+    taps_by_channel = weight.reshape(c, kh * kw).t().to(image.dtype)  # [taps, C]
+    # [C, pixels]: a free view when the image is channels-last (as the denoisers' layers are)
+    pixels = image.permute(1, 2, 0).reshape(-1, c).t()
+    return (taps_by_channel @ pixels).view(kh * kw, h, w)
+
+
 def sum_of_shifted_taps(
     grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], in_size: tuple[int, int]
 ) -> torch.Tensor:
     """[B, 1, *in_size]: the input gradient of conv2d(x, weight, padding) (stride 1) for output
     gradient ``grad`` [B, C, h', w'], weight [C, 1, kh, kw]; equally the output of a transposed
     convolution of ``grad`` with that weight."""
-    b, c, ho, wo = grad.shape
+    b, _, ho, wo = grad.shape
     kh, kw = weight.shape[-2:]
     ph, pw = padding
     h, w = in_size
-    taps_by_channel = weight.reshape(c, kh * kw).t().to(grad.dtype)  # [taps, C]
     out = grad.new_zeros(b, h + 2 * ph, w + 2 * pw)
     for i in range(b):  # one image at a time: the tap planes of a whole batch would be k*k images each
-        # [C, pixels]: a free view when grad is channels-last (as the denoisers' layers are)
-        pixels = grad[i].permute(1, 2, 0).reshape(-1, c).t()
-        taps = (taps_by_channel @ pixels).view(kh * kw, ho, wo)
+        taps = _tap_planes(grad[i], weight)
         for t in range(kh * kw):
             dy, dx = divmod(t, kw)
             out[i, dy : dy + ho, dx : dx + wo] += taps[t]
@@ -52,14 +60,13 @@ def single_output_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
 ) -> torch.Tensor:
     """conv2d(x, weight, bias, padding=padding) for weight [1, C, kh, kw] (stride 1)."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     kh, kw = weight.shape[-2:]
     ph, pw = padding
     ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    taps_by_channel = weight.reshape(c, kh * kw).t().to(x.dtype)
     out = x.new_empty(b, 1, ho, wo)
     for i in range(b):
-        taps = (taps_by_channel @ x[i].permute(1, 2, 0).reshape(-1, c).t()).view(kh * kw, h, w)
+        taps = _tap_planes(x[i], weight)
         taps = F.pad(taps, (pw, pw, ph, ph))  # the zero padding, after the product: k*k planes, not C
         acc = taps[0, :ho, :wo].clone()
         for t in range(1, kh * kw):
@@ -129,7 +136,7 @@ def _first_layer(m: nn.Module) -> bool:
 
 
 def _last_layer(m: nn.Module) -> bool:
-    return _plain(m) and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.out_channels == 1
+    return _plain(m) and m.out_channels == 1
 
 
 def _forward(self: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:

@@ -209,7 +209,8 @@ def _project_batch(
     forward pass for J p), and a sample whose residual grew restarts from its gradient.
     "cg": Gauss-Newton, the linear system J J^T y = r solved by CG, relinearised every ``restart``
     iterations. All keep every correction in the span of J^T at the points visited.
-    Returns (s, iterations, f(s) at the start, f(s) at the end or None when not computed).
+    Returns (s, iterations, f(s) at the start (None only when steps is 0), f(s) at the end or None
+    when not computed).
     """
     s = s.clone()
     done = 0
@@ -383,7 +384,7 @@ def consistency_project(
                     warmup=warmup,
                 )
             with torch.no_grad():
-                result.residual_before_hu += rmse((denoiser(s0) if f_start is None else f_start) - target)
+                result.residual_before_hu += rmse(f_start - target)  # steps > 0: the loop ran
                 result.residual_after_hu += rmse((denoiser(s1) if f_end is None else f_end) - target)
                 result.correction_rmse_hu += rmse(s1 - s0)
             samples[start : start + len(s0), rs, cs] = s1[:, 0].float().cpu().numpy()
