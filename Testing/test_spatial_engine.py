@@ -113,6 +113,27 @@ def test_whole_slice_samples_vary_come_from_the_latent_and_do_not_depend_on_k_or
     assert np.abs(prior - a[:2])[:, body].mean() > 0.05  # the cINN changes what is drawn
 
 
+def test_per_slice_condition_terms_give_the_same_latents_and_samples():
+    """The sampler computes what depends on f(x) alone once per slice (``prepare``) and broadcasts it
+    over the samples: the latents and the decoded samples must equal the full computation's, for
+    every coupling (in the flow's order), the noise scale and both decoder joins."""
+    vae, inn = _engine()
+    vae, inn = vae.double(), inn.double()
+    g = torch.Generator().manual_seed(5)
+    fx = torch.randn(1, 1, 32, 32, generator=g, dtype=torch.float64)
+    noise = 5.0 + 30.0 * torch.rand(1, 1, 32, 32, generator=g, dtype=torch.float64)  # a local noise map
+    v = torch.randn(3, 4, 16, 16, generator=g, dtype=torch.float64)
+    fxb, noiseb = fx.expand(3, -1, -1, -1), noise.expand(3, -1, -1, -1)
+    with torch.no_grad():
+        z_full = inn.reverse(v, fxb, noise_hu=noiseb)
+        z_prep = inn.reverse(v, condition=inn.prepare(fx, noise))
+        x_full = vae.decode(z_full, fxb)
+        x_prep = vae.decode(z_full, vae.decoder.prepare(fx))
+    assert float((z_prep - z_full).abs().max()) < 1e-10
+    assert float((x_prep - x_full).abs().max()) < 1e-10
+    assert float((z_full - v).abs().max()) > 0.1 and float((x_full - fxb).abs().max()) > 0.01  # not trivial
+
+
 def test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid():
     """Shifting f(x) and the latent draw v together shifts the sample (away from the borders): there
     is no position-dependent pattern (tiles, seams) for a std map to show."""

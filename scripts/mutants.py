@@ -249,6 +249,22 @@ MUTANTS = (
         ("Testing/test_denoisers.py::test_fast_single_channel_layers_equal_onednn",),
     ),
     Mutant(
+        "decoder-drops-a-prepared-condition-term",
+        "the sampler's per-slice decoder terms leave out f(x)'s share of the merge convolution",
+        LIB + "invariance/spatial.py",
+        "slice(0, h.shape[1]), bias=False) + cond.merge[j])",
+        "slice(0, h.shape[1]), bias=False))",
+        ("Testing/test_spatial_engine.py::test_per_slice_condition_terms_give_the_same_latents_and_samples",),
+    ),
+    Mutant(
+        "flow-condition-terms-in-the-wrong-order",
+        "the inverse flow pairs each coupling with another coupling's per-slice term",
+        LIB + "invariance/spatial.py",
+        "zip(reversed(self.steps), reversed(condition.couplings))",
+        "zip(reversed(self.steps), condition.couplings)",
+        ("Testing/test_spatial_engine.py::test_per_slice_condition_terms_give_the_same_latents_and_samples",),
+    ),
+    Mutant(
         "consistency-without-fast-single-channel-layers",
         "the consistency step goes back to oneDNN's slow single-channel layers",
         LIB + "invariance/consistency.py",

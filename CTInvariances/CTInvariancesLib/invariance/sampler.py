@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..allocator import tune_cpu_allocator
 from ..denoisers.loading import Denoiser, load_denoiser
 from ..normalization import MEAN, STD, hu_to_normalized
 from .cinn import ConditionalINN
@@ -276,6 +277,9 @@ class InvarianceSampler:
 
 
 MAX_BATCH_PIXELS = 2**21
+# On the CPU, batches of 2 samples of a 512 x 512 slice decode as fast as 4 or 8 (K = 32: 13.1, 13.1,
+# 14.5 s) with a third to half the peak memory (1.0, 1.5, 2.1 GB)
+CPU_MAX_BATCH_PIXELS = 2**19
 
 
 class SpatialInvarianceSampler:
@@ -299,6 +303,13 @@ class SpatialInvarianceSampler:
         self.cvae = cvae.to(self.device).eval()
         self.cinn = None if cinn is None else cinn.to(self.device).eval()
         self.amp = (self.device.type == "cuda") if amp is None else amp
+        if self.device.type == "cpu":
+            # oneDNN's convolutions run 1.3-1.5x faster on channels-last activations here (measured:
+            # K = 8 decoded in 8.0 s instead of 12.1 s); the outputs are the same
+            tune_cpu_allocator()
+            for m in (self.cvae, self.cinn):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
         self.cards: dict = {}
         self.last_batch_size = 0
 
@@ -328,7 +339,7 @@ class SpatialInvarianceSampler:
         fp = np.full((hp, wp), -1000.0, np.float32)  # padded with air to a multiple of 2**down
         fp[:h, :w] = fx
         fx_t = torch.from_numpy(hu_to_normalized(fp)).to(self.device)[None, None]
-        emb = None
+        flow_cond = None
         if self.cinn is not None:  # its condition: the local noise map of x, or x's noise level
             if getattr(self.cinn.cfg, "noise_map", False):
                 nm = np.pad(
@@ -339,15 +350,20 @@ class SpatialInvarianceSampler:
                 noise = torch.from_numpy(nm).to(self.device)[None, None]
             else:
                 noise = slice_noise_hu(x)
-            emb = self.cinn.embed(fx_t, noise)
+            flow_cond = self.cinn.prepare(fx_t, noise)
+        # what the decoder computes from f(x) alone, once per slice; bf16 on a GPU (as the decoder)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            dec_cond = self.cvae.decoder.prepare(fx_t)
         shape = self.cvae.latent_shape(hp, wp)
         out = np.empty((n_samples, h, w), np.float32)
-        # at most ~2 M pixels per batch: a 512 x 512 slice decodes 8 samples at a time
-        batch_size = max(1, min(int(batch_size), MAX_BATCH_PIXELS // (hp * wp)))
+        # at most ~2 M pixels per batch: a 512 x 512 slice decodes 8 samples at a time (2 on the CPU)
+        max_pixels = CPU_MAX_BATCH_PIXELS if self.device.type == "cpu" else MAX_BATCH_PIXELS
+        batch_size = max(1, min(int(batch_size), max_pixels // (hp * wp)))
 
         def decode(start: int, stop: int) -> np.ndarray:
             v = latent_draws(stop - start, shape, seed, temperature, offset=start).to(self.device)
-            return self._decode(v, fx_t, emb)
+            v = v.contiguous(memory_format=torch.channels_last)
+            return self._decode(v, flow_cond, dec_cond)
 
         def place(start: int, stop: int, xt: np.ndarray) -> None:
             out[start:stop] = xt[:, :h, :w]
@@ -355,13 +371,11 @@ class SpatialInvarianceSampler:
         self.last_batch_size = _run_in_batches(n_samples, batch_size, self.device, decode, place)
         return SliceSamples(samples=out, denoised=fx, sampled_mask=np.ones((h, w), bool))
 
-    def _decode(self, v: torch.Tensor, fx_t: torch.Tensor, emb: torch.Tensor | None) -> np.ndarray:
-        n = v.shape[0]
-        fxb = fx_t.expand(n, -1, -1, -1)
+    def _decode(self, v: torch.Tensor, flow_cond, dec_cond) -> np.ndarray:
         # the flow in float32 (its inverse amplifies rounding); the decoder may use bf16 on a GPU
-        z = v if self.cinn is None else self.cinn.reverse(v, fxb, emb.expand(n, -1, -1, -1))
+        z = v if self.cinn is None else self.cinn.reverse(v, condition=flow_cond)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            xt = self.cvae.decode(z, fxb)
+            xt = self.cvae.decode(z, dec_cond)
         return (xt.float()[:, 0] * STD + MEAN - 1024.0).cpu().numpy()
 
 
@@ -434,6 +448,8 @@ class NoiseSampler:
         self.device = torch.device(device)
         self.denoiser = denoiser.to(self.device)
         self.simulator = noise_simulator(self.device, views)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # the batched FBP: 16 noise images 4.4 -> 2.5 s
         self.cards: dict = {}
 
     def sample(
