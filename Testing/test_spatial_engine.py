@@ -134,6 +134,17 @@ def test_per_slice_condition_terms_give_the_same_latents_and_samples():
     assert float((z_full - v).abs().max()) > 0.1 and float((x_full - fxb).abs().max()) > 0.01  # not trivial
 
 
+def test_the_gpu_s_bf16_decoder_path_gives_the_same_samples_to_rounding():
+    """On a GPU the decoder (and its per-slice terms) run under bf16 autocast; run that path here."""
+    vae, inn = _engine()
+    x = _slice(64)
+    full = SpatialInvarianceSampler(_denoiser(), vae, inn, amp=False).sample(x, 2, seed=1)
+    bf16 = SpatialInvarianceSampler(_denoiser(), vae, inn, amp=True).sample(x, 2, seed=1)
+    residual = full.samples - full.denoised[None]
+    assert float(np.abs(residual).std()) > 1.0  # the decoder adds something
+    assert float(np.abs(bf16.samples - full.samples).max()) < 0.05 * float(np.abs(residual).max())
+
+
 def test_the_engine_is_translation_equivariant_so_it_has_no_tile_grid():
     """Shifting f(x) and the latent draw v together shifts the sample (away from the borders): there
     is no position-dependent pattern (tiles, seams) for a std map to show."""
