@@ -23,7 +23,7 @@ from ..normalization import MEAN, STD, hu_to_normalized
 from .cinn import ConditionalINN
 from .cvae import ConditionalVAE
 from .models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path
-from .spatial import SpatialCINN, SpatialCVAE
+from .spatial import DecoderCondition, FlowCondition, SpatialCINN, SpatialCVAE
 
 AIR_HU = -900.0  # tiles whose f(x) stays below this everywhere are air: left as they are
 # "shared": sample k uses the same v in every tile (coherent overlaps; the texture may repeat with
@@ -305,7 +305,7 @@ class SpatialInvarianceSampler:
         self.amp = (self.device.type == "cuda") if amp is None else amp
         if self.device.type == "cpu":
             # oneDNN's convolutions run 1.3-1.5x faster on channels-last activations here (measured:
-            # K = 8 decoded in 8.0 s instead of 12.1 s); the outputs are the same
+            # K = 8 decoded in 8.0 s instead of 12.1 s); the outputs are the same to rounding
             tune_cpu_allocator()
             for m in (self.cvae, self.cinn):
                 if m is not None:
@@ -371,7 +371,9 @@ class SpatialInvarianceSampler:
         self.last_batch_size = _run_in_batches(n_samples, batch_size, self.device, decode, place)
         return SliceSamples(samples=out, denoised=fx, sampled_mask=np.ones((h, w), bool))
 
-    def _decode(self, v: torch.Tensor, flow_cond, dec_cond) -> np.ndarray:
+    def _decode(
+        self, v: torch.Tensor, flow_cond: FlowCondition | None, dec_cond: DecoderCondition
+    ) -> np.ndarray:
         # the flow in float32 (its inverse amplifies rounding); the decoder may use bf16 on a GPU
         z = v if self.cinn is None else self.cinn.reverse(v, condition=flow_cond)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
