@@ -362,7 +362,8 @@ class SpatialInvarianceSampler:
 
         def decode(start: int, stop: int) -> np.ndarray:
             v = latent_draws(stop - start, shape, seed, temperature, offset=start).to(self.device)
-            v = v.contiguous(memory_format=torch.channels_last)
+            if self.device.type == "cpu":  # as the models (see __init__); a GPU keeps its layout
+                v = v.contiguous(memory_format=torch.channels_last)
             return self._decode(v, flow_cond, dec_cond)
 
         def place(start: int, stop: int, xt: np.ndarray) -> None:
