@@ -29,6 +29,7 @@ TINY_SPATIAL_CVAE = SpatialCVAEConfig(latent_ch=2, down=1, width=8, latent_width
                                       name="tiny-spatial")
 TINY_SPATIAL_CINN = SpatialCINNConfig(latent_ch=2, down=1, n_flows=4, hidden=16, cond_width=8,
                                       noise_condition=False, noise_scale=False, noise_map=False,
+                                      calibration=False,
                                       name="tiny-spatial")
 
 

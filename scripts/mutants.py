@@ -265,6 +265,22 @@ MUTANTS = (
         ("Testing/test_spatial_engine.py::test_per_slice_condition_terms_give_the_same_latents_and_samples",),
     ),
     Mutant(
+        "calibration-reverse-ignores-the-scale",
+        "the output calibration's inverse shifts v back but does not scale it",
+        LIB + "invariance/spatial.py",
+        "        return v * s.exp() + m\n",
+        "        return v + m\n",
+        ("Testing/test_spatial_engine.py::test_cinn_is_exactly_invertible_with_a_log_det_that_matches_autograd",),
+    ),
+    Mutant(
+        "calibration-fit-ignores-the-body-covariate",
+        "the output calibration's body indicator is a constant, so air and body share one spread",
+        LIB + "invariance/spatial.py",
+        "        body = torch.sigmoid((normalized_to_hu(fx) - self.BODY_HU) / 100.0)\n",
+        "        body = torch.ones_like(fx)\n",
+        ("Testing/test_spatial_engine.py::test_output_calibration_fit_finds_the_spread_of_air_and_body_per_noise_level",),
+    ),
+    Mutant(
         "consistency-without-fast-single-channel-layers",
         "the consistency step goes back to oneDNN's slow single-channel layers",
         LIB + "invariance/consistency.py",

@@ -366,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cvae", required=True, help="cVAE run folder or .safetensors file")
     t.add_argument("--out", required=True)
     t.add_argument("--data", nargs="*", default=[], metavar="CT")
-    t.add_argument("--steps", type=opt.positive_int, default=4000)
+    t.add_argument(
+        "--steps",
+        type=opt.non_negative_int,
+        default=4000,
+        help="0 with --init: only fit the output calibration of the given cINN",
+    )
     t.add_argument(
         "--time-limit",
         type=opt.positive_float,
@@ -374,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train for at most this long: the step count is scaled down to fit",
     )
     t.add_argument("--batch-size", type=opt.positive_int, default=64, help="per process")
+    t.add_argument(
+        "--calibration-crops",
+        type=opt.non_negative_int,
+        default=1024,
+        help="training crops for the final fit of a spatial cINN's output calibration (0: none)",
+    )
     t.add_argument(
         "--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)"
     )
@@ -771,7 +782,10 @@ def _train_cinn(args) -> int:
         time_limit_s=_minutes(args.time_limit),
         patch=args.patch,
         init=args.init,
+        calibration_crops=args.calibration_crops,
     )
+    if args.steps == 0 and not args.init:
+        raise CTInvariancesError("--steps 0 needs --init (a trained cINN whose calibration is fitted)")
     return _run_trainer(CINNTrainer, cfg, args.device)
 
 

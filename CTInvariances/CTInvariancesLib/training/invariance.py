@@ -594,7 +594,7 @@ def _warm_start(model: nn.Module, path: str) -> dict:
         # a noise scale new to the warm-started model stays the identity (its data-dependent
         # initialisation would change what the old steps see)
         scale.initialized.fill_(1)
-    return {"file": card.get("file"), "sha256": card.get("sha256")}
+    return {"file": card.get("file"), "sha256": card.get("sha256"), "training": card.get("training")}
 
 
 def _stage_of(cfg: dict) -> dict:
@@ -635,6 +635,8 @@ class CINNTrainingConfig:
     time_limit_s: float | None = None  # train for at most this long (steps scaled down to fit)
     patch: int | None = None  # crop size (spatial engines only; default: the cVAE's)
     init: str | None = None  # start from this cINN's weights (fine-tuning; see _warm_start)
+    # crops whose latents fit the spatial cINN's output calibration at the end (0: no fit)
+    calibration_crops: int = 1024
     model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
@@ -726,6 +728,31 @@ class CINNTrainer(_Checkpointed):
         return _scalars(nll=nll, v_std=v.detach().std())
 
     @torch.no_grad()
+    def _fit_calibration(self, sampler: PatchSampler) -> dict | None:
+        """The spatial cINN's output calibration at its maximum likelihood for ``calibration_crops``
+        fresh training crops, everything before it frozen (OutputCalibration.fit)."""
+        layer = getattr(self.model, "calibration", None)
+        if layer is None or self.cfg.calibration_crops <= 0:
+            return None
+        t0 = time.perf_counter()
+        us, levels = [], []
+        n = 0
+        while n < self.cfg.calibration_crops:
+            z, fx, noise = self._latents(sampler)
+            u, _, level = self.model.forward_uncalibrated(z, fx, noise_hu=noise)
+            us.append(u.float().cpu())
+            levels.append(layer.covariates(level, fx).float().cpu())
+            n += len(z)
+        fit = layer.fit(torch.cat(us), torch.cat(levels))
+        return {
+            "crops": n,
+            "crop_px": int(fx.shape[-1]),
+            "nll_per_dim_before": round(fit["nll_before"], 5),
+            "nll_per_dim_after": round(fit["nll_after"], 5),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+
+    @torch.no_grad()
     def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         x, fx = sampler.batch(self.cfg.batch_size)
         x, fx = x.to(self.device), fx.to(self.device)
@@ -753,6 +780,7 @@ class CINNTrainer(_Checkpointed):
         if not self._steps(sampler, f"train cinn ({self.denoiser.name})", progress, stop_at, self._nll_step):
             return None
         self.model.eval()
+        calibration = self._fit_calibration(sampler)
         training = {
             "data": "as the cVAE"
             if not (cfg.data or self.source)
@@ -765,6 +793,7 @@ class CINNTrainer(_Checkpointed):
             "lr": cfg.lr,
             "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det",
             "init": self.init_from,
+            "calibration": calibration,
             "patch": self.cfg.patch,
             "seed": cfg.seed,
             "train_time_s": round(self.elapsed, 1),
