@@ -65,8 +65,9 @@ def main() -> int:
     ap.add_argument("--from-json", help="write --cards from this earlier result instead of measuring")
     args = ap.parse_args()
     if args.from_json:
-        if args.cards:
-            write_cards(json.loads(Path(args.from_json).read_text()), Path(args.cards))
+        if not args.cards:
+            ap.error("--from-json only writes cards: give --cards DIR")
+        write_cards(json.loads(Path(args.from_json).read_text()), Path(args.cards))
         return 0
     cvae_path = resolve_cvae_path(args.cvae)
     cvae, card = load_cvae(cvae_path, args.device)

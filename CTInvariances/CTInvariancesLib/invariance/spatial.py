@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..normalization import normalized_to_hu
 from .cvae import DiagonalGaussian
 from .layers import ActNorm
 
@@ -426,8 +427,6 @@ class OutputCalibration(nn.Module):
 
     def covariates(self, level: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         """[B, 4, h, w] from the noise level map [B, 1, h, w] and f(x) [B, 1, H, W] (normalised)."""
-        from ..normalization import normalized_to_hu
-
         body = torch.sigmoid((normalized_to_hu(fx) - self.BODY_HU) / 100.0)
         k = fx.shape[-1] // level.shape[-1]
         if k > 1:
@@ -606,8 +605,7 @@ class SpatialCINN(nn.Module):
         if self.calibration is not None:
             if fx is None:
                 raise ValueError("this cINN's output calibration reads f(x): give fx")
-            cov = self.calibration.covariates(c[:, -1:], fx)
-            v = self.calibration.reverse(v, self.calibration.prepare(cov))
+            v = self.calibration.reverse(v, self._calibration_terms(c, fx))
         for step in reversed(self.steps):
             v = step.reverse(v, c[:, : self.cfg.cond_width])
         return v if self.scale is None else self.scale.reverse(v, c)
@@ -624,10 +622,13 @@ class SpatialCINN(nn.Module):
         return FlowCondition(
             [step.coupling.prepare(cf) for step in self.steps],
             None if self.scale is None else self.scale.prepare(c),
-            None
-            if self.calibration is None
-            else self.calibration.prepare(self.calibration.covariates(c[:, -1:], fx)),
+            None if self.calibration is None else self._calibration_terms(c, fx),
         )
+
+    def _calibration_terms(self, c: torch.Tensor, fx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output calibration's (m, s) for the condition ``c`` (its last channel is the noise
+        level map, as the noise scale reads it) and f(x)."""
+        return self.calibration.prepare(self.calibration.covariates(c[:, -1:], fx))
 
     def nll(
         self, z: torch.Tensor, fx: torch.Tensor, noise_hu: torch.Tensor | float | None = None

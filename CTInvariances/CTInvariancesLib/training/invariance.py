@@ -735,15 +735,15 @@ class CINNTrainer(_Checkpointed):
         if layer is None or self.cfg.calibration_crops <= 0:
             return None
         t0 = time.perf_counter()
-        us, levels = [], []
+        us, covs = [], []
         n = 0
         while n < self.cfg.calibration_crops:
             z, fx, noise = self._latents(sampler)
             u, _, level = self.model.forward_uncalibrated(z, fx, noise_hu=noise)
             us.append(u.float().cpu())
-            levels.append(layer.covariates(level, fx).float().cpu())
+            covs.append(layer.covariates(level, fx).float().cpu())
             n += len(z)
-        fit = layer.fit(torch.cat(us), torch.cat(levels))
+        fit = layer.fit(torch.cat(us), torch.cat(covs))
         return {
             "crops": n,
             "crop_px": int(fx.shape[-1]),
