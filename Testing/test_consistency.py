@@ -232,3 +232,56 @@ def test_every_denoiser_route_is_differentiable(route, tmp_path, monkeypatch):
     raw = fx[None] + np.random.default_rng(0).normal(0, 20, (2, *x.shape)).astype(np.float32)
     res = consistency_project(den, x, raw, steps=6)
     assert max(res.residual_after_hu) < 0.5 * min(res.residual_before_hu)
+
+
+def _fp32_precision() -> str:
+    return torch.backends.cudnn.conv.fp32_precision
+
+
+def test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_setting():
+    """The consistency step needs f itself: TF32 rounding left cnn10's samples at a fidelity ratio of
+    0.135 on an H200 (precision.py). The switch is scoped: the user's setting comes back, also after
+    an error, and other devices are left alone."""
+    from CTInvariancesLib.precision import full_fp32
+
+    old = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        with full_fp32("cpu"):
+            assert _fp32_precision() == "tf32"
+        with full_fp32(torch.device("cuda", 0)):
+            assert _fp32_precision() == "ieee"
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert _fp32_precision() == "tf32" and torch.backends.cuda.matmul.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError), full_fp32("cuda"):
+            raise RuntimeError("a failing step")
+        assert _fp32_precision() == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = old
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_denoiser_and_the_consistency_step_run_in_full_fp32_on_cuda():
+    seen = []
+
+    class RecordingIdentity(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(()))  # places the network on a device
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(_fp32_precision())
+            return x * self.gain
+
+    old = torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        den = Denoiser(RecordingIdentity(), "identity", input_convention="hu").to("cuda")
+        x, _ = _phantom()
+        den.denoise_slices(x[None])
+        consistency_project(den, x, x[None] + 5.0, steps=2, batch_size=1)
+        assert seen and set(seen) == {"ieee"}
+        assert _fp32_precision() == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = old

@@ -36,7 +36,7 @@ from CTInvariancesLib.invariance.consistency import (  # noqa: E402
     DEFAULT_STEPS,
     consistency_project,
 )
-from CTInvariancesLib.invariance.models import bundled_dir  # noqa: E402
+from CTInvariancesLib.invariance.models import resolve_cvae_path  # noqa: E402
 from CTInvariancesLib.invariance.pipeline import diversity, slice_check  # noqa: E402
 from CTInvariancesLib.invariance.sampler import InvarianceSampler, NoiseSampler  # noqa: E402
 from CTInvariancesLib.lowdose import estimate_noise_hu  # noqa: E402
@@ -254,7 +254,8 @@ def main() -> int:
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--cards", action="store_true")
     ap.add_argument("--cards-dir",
-                    help="folder of the cINN cards --cards writes to (default: the bundled engine's)")
+                    help="folder of the cINN cards --cards writes to (default: that of the engine "
+                         "measured, the bundled one where --cvae was not given)")
     ap.add_argument("--from-json", action="store_true",
                     help="do not measure: write the table and cards from an earlier run's --out file")
     args = ap.parse_args()
@@ -281,7 +282,7 @@ def main() -> int:
         readme.write_text(s[:a] + "\n" + text + "\n" + s[b:])
     if args.cards:
         for name, row in result["denoisers"].items():
-            card = Path(args.cards_dir or bundled_dir()) / f"cinn-{name}.json"
+            card = Path(args.cards_dir or resolve_cvae_path(args.cvae).parent) / f"cinn-{name}.json"
             if card.exists():
                 c = json.loads(card.read_text())
                 raw_only = result["consistency"]["steps"] == 0

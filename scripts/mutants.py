@@ -225,6 +225,14 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "tf32-left-on",
+        "full_fp32 leaves the user's TF32 setting on, so a GPU's consistency step works on an approximate f",
+        LIB + "precision.py",
+        "        setattr(owner, attr, value)\n",
+        "        pass  # TF32 stays as the user set it\n",
+        ("Testing/test_consistency.py::test_full_fp32_turns_tf32_off_on_cuda_and_restores_the_users_setting",),
+    ),
+    Mutant(
         "fast-input-gradient-transposed-taps",
         "the single-channel layer's input gradient reads kernel taps row for column",
         LIB + "denoisers/single_channel.py",

@@ -9,7 +9,9 @@ denoiser. The script's own table takes medians over all slices, which mixes a 23
 its cINN card in DIR (``cinn-<denoiser>.json``). ``--consistent`` reads runs with the consistency
 step and both samplers instead (several logs: a slice measured twice counts once) and prints, per
 anatomy and denoiser, the fresh-noise ratio, the cINN sampler's consistent fidelity ratio, both
-samplers' std (raw -> consistent) and their ratio.
+samplers' std (raw -> consistent) and their ratio. ``--seconds`` prints, from the same lines, the
+seconds per slice (sampling + consistency step) per denoiser and sampler: median per anatomy and the
+slowest slice.
 """
 
 import argparse
@@ -107,13 +109,34 @@ def consistent_table(logs: list[str]) -> None:
               f"| {np.median(c[:, 2]):.1f} → {np.median(c[:, 3]):.1f} | {shown} |")
 
 
+SECONDS = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh .*\(([\d.]+) \+ ([\d.]+) s\)")
+
+
+def seconds_table(logs: list[str]) -> None:
+    rows: dict = {}
+    for line in "\n".join(Path(p).read_text() for p in logs).splitlines():
+        m = SECONDS.match(line)
+        if m:
+            den, kind, name, t_s, t_c = m.groups()
+            rows.setdefault((den, kind), []).append((name, float(t_s) + float(t_c)))
+    print("| denoiser | sampler | median s per slice, abdomen / head | max s (slice) |")
+    print("| --- | --- | --- | --- |")
+    for (den, kind), r in rows.items():
+        med = [np.median([t for n, t in r if n.startswith(a)] or [np.nan]) for a in ("abdomen", "head")]
+        name, worst = max(r, key=lambda item: item[1])
+        print(f"| {den} | {kind} | {med[0]:.1f} / {med[1]:.1f} | {worst:.1f} ({name}) |")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("log", nargs="+", help="one raw log; with --consistent, one or more logs")
     ap.add_argument("--cards", help="folder of cINN cards to write the per-anatomy rows into")
     ap.add_argument("--consistent", action="store_true", help="the log of a run with the consistency step")
+    ap.add_argument("--seconds", action="store_true", help="seconds per slice of a run's log(s)")
     a = ap.parse_args()
-    if a.consistent:
+    if a.seconds:
+        seconds_table(a.log)
+    elif a.consistent:
         consistent_table(a.log)
     else:
         main(a.log[0], a.cards)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import CTInvariancesError, WeightsError
 from ..normalization import hu_to_normalized, normalized_to_hu
+from ..precision import full_fp32
 from ..weights import load_safetensors_checked, models_dir, verify_sha256
 from . import DENOISER_NAMES, build_denoiser
 
@@ -86,7 +87,8 @@ class Denoiser:
 
         normalized = self.input_convention == "normalized"
         try:
-            y = self.module(hu_to_normalized(x_hu) if normalized else x_hu)
+            with full_fp32(x_hu.device):  # f itself, not TF32's approximation (precision.py)
+                y = self.module(hu_to_normalized(x_hu) if normalized else x_hu)
         except (torch.OutOfMemoryError, MemoryError, CTInvariancesError):
             raise  # the sampler answers running out of memory with smaller batches
         except Exception as exc:

@@ -38,6 +38,7 @@ from ..allocator import tune_cpu_allocator
 from ..denoisers.single_channel import fast_single_channel_layers
 from ..errors import Cancelled, CTInvariancesError
 from ..metrics import body_mask
+from ..precision import full_fp32
 
 METHODS = ("ncg", "gd", "cg")
 # measured choice, see README ("The consistency step") and benchmarks/bench_consistency.py
@@ -327,41 +328,43 @@ def consistency_project(
         batch_size = CPU_BATCH if device.type == "cpu" else 4
     if device.type == "cpu":
         tune_cpu_allocator()
-    rs, cs, target = _crop_and_target(denoiser, x, region, denoised_hu, device)
-    xc = _tensor(x[rs, cs], device)
-    _check_differentiable(denoiser, xc[..., :32, :32])
-    mask = _tensor(region[rs, cs], device)
-    n_mask = max(1.0, float(mask.sum()))
+    # f itself, not TF32's approximation of it: forward and backward passes (precision.py)
+    with full_fp32(device):
+        rs, cs, target = _crop_and_target(denoiser, x, region, denoised_hu, device)
+        xc = _tensor(x[rs, cs], device)
+        _check_differentiable(denoiser, xc[..., :32, :32])
+        mask = _tensor(region[rs, cs], device)
+        n_mask = max(1.0, float(mask.sum()))
 
-    def rmse(a: torch.Tensor) -> list[float]:
-        return ((a * mask) ** 2).flatten(1).sum(1).div(n_mask).sqrt().tolist()
+        def rmse(a: torch.Tensor) -> list[float]:
+            return ((a * mask) ** 2).flatten(1).sum(1).div(n_mask).sqrt().tolist()
 
-    # single-channel layers by matrix products on the CPU (denoisers/single_channel.py)
-    with fast_single_channel_layers(getattr(denoiser, "module", None)):
-        for start in range(0, len(samples), batch_size):
-            if should_stop and should_stop():
-                raise Cancelled()
-            s0 = torch.from_numpy(np.ascontiguousarray(samples[start : start + batch_size, rs, cs]))[:, None]
-            s0 = s0.to(device)
-            with torch.enable_grad():
-                s1, used, f_start, f_end = _project_batch(
-                    denoiser,
-                    s0,
-                    target,
-                    mask,
-                    steps,
-                    method,
-                    restart,
-                    step_size,
-                    momentum,
-                    x=xc,
-                    tolerance=tolerance,
-                    warmup=warmup,
-                )
-            with torch.no_grad():
-                result.residual_before_hu += rmse(f_start - target)  # steps > 0: the loop ran
-                result.residual_after_hu += rmse((denoiser(s1) if f_end is None else f_end) - target)
-                result.correction_rmse_hu += rmse(s1 - s0)
-            samples[start : start + len(s0), rs, cs] = s1[:, 0].float().cpu().numpy()
-            result.steps_used.append(used)
+        # single-channel layers by matrix products on the CPU (denoisers/single_channel.py)
+        with fast_single_channel_layers(getattr(denoiser, "module", None)):
+            for start in range(0, len(samples), batch_size):
+                if should_stop and should_stop():
+                    raise Cancelled()
+                batch = np.ascontiguousarray(samples[start : start + batch_size, rs, cs])
+                s0 = torch.from_numpy(batch)[:, None].to(device)
+                with torch.enable_grad():
+                    s1, used, f_start, f_end = _project_batch(
+                        denoiser,
+                        s0,
+                        target,
+                        mask,
+                        steps,
+                        method,
+                        restart,
+                        step_size,
+                        momentum,
+                        x=xc,
+                        tolerance=tolerance,
+                        warmup=warmup,
+                    )
+                with torch.no_grad():
+                    result.residual_before_hu += rmse(f_start - target)  # steps > 0: the loop ran
+                    result.residual_after_hu += rmse((denoiser(s1) if f_end is None else f_end) - target)
+                    result.correction_rmse_hu += rmse(s1 - s0)
+                samples[start : start + len(s0), rs, cs] = s1[:, 0].float().cpu().numpy()
+                result.steps_used.append(used)
     return result
