@@ -147,7 +147,8 @@ def test_spatial_engine_varies_inside_what_a_clipping_denoiser_loses(tmp_path, t
 
 
 def test_identity_denoiser_leaves_nothing_to_vary(tmp_path, torch_threads):
-    vae, inn = _train_engine(tmp_path, identity, "identity")
+    # half the planted test's steps: measured margin 3.6x at 300 / 150 steps (3.3x at 600 / 300)
+    vae, inn = _train_engine(tmp_path, identity, "identity", cvae=dict(steps=300), cinn=dict(steps=150))
     std, rec_err = _sample_std_and_reconstruction(vae, inn, identity)
     assert float(std.mean()) <= rec_err, (
         f"sample std {float(std.mean()):.4f} > reconstruction error {rec_err:.4f}"
