@@ -1,7 +1,8 @@
 """Where the learned sampler's consistent diversity is lost: one held-out slice, several samplers.
 
     .venv/bin/python scripts/diversity_diagnostics.py --denoiser redcnn --slice 2 [--samples 4]
-        [--temperature 1.5] [--out benchmarks/results/diversity_diagnostics_redcnn_k16.json]
+        [--temperature 1.5] [--device cuda] [--cvae RUN_FOLDER]
+        [--out benchmarks/results/diversity_diagnostics_redcnn_k16.json]
 
 Draws K samples of x (the first 25 % dose realisation of held-out slice ``--slice``, indices as for
 measure_exact_invariances.py) from
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--samplers", nargs="*",
                     default=["noise", "cinn", "prior", "cinn-shaped", "cinn-T", "noise-matched"],
                     help="which rows (noise is always measured: it is the reference)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cvae", help="engine folder or cVAE file (default: the bundled spatial engine)")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -86,17 +89,17 @@ def main() -> int:
     name = str(pairs["names"][2 * i]).split("#")[0]
     body = body_mask(pairs["fd"][2 * i])
     px = source_pixel_mm(name.split("[")[0])
-    den = load_denoiser(args.denoiser)
+    den = load_denoiser(args.denoiser, device=args.device)
     fx = den.denoise_slices(x[None])[0]
     power_x = float(np.mean((x - fx)[body].astype(np.float64) ** 2))
-    learned = InvarianceSampler.load(den)
-    prior = InvarianceSampler.load(den, use_cinn=False)
+    learned = InvarianceSampler.load(den, cvae=args.cvae, device=args.device)
+    prior = InvarianceSampler.load(den, cvae=args.cvae, use_cinn=False, device=args.device)
 
     def draw(sampler, temperature=1.0):
         return sampler.sample(x, args.samples, seed=0, denoised_hu=fx, slice_index=i, pixel_mm=px,
                               temperature=temperature).samples
 
-    noise = NoiseSampler(den)
+    noise = NoiseSampler(den, device=args.device)
     raw = {"noise": draw(noise)}
     power_noise = float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
                                    for v in raw["noise"]]))

@@ -9,8 +9,11 @@
 #    (its seconds per slice are therefore not timings);
 # 2. measures the new engine on the held-out slices (noise and cinn samplers, K = 16, default
 #    consistency step) until MEASURE_SECONDS have passed, slice by slice over all four denoisers;
-# 3. raw sampling of 512 / 1024 px slices with the new engine, and the GPU speed table (K = 16, whole
-#    512 x 512 slice, default consistency step) for the noise sampler and the bundled cinn.
+# 3. where the new engine's consistent diversity goes (scripts/diversity_diagnostics.py, redcnn, one
+#    slice); raw sampling of 512 / 1024 px slices with the new engine, and the GPU speed table (K = 16,
+#    whole 512 x 512 slice, default consistency step) for the noise sampler and the bundled cinn.
+# CVAE_ARGS passes further options to `train cvae` (e.g. "--adv-weight 1 --adv-start 1000");
+# SKIP_TILED=1 leaves out the bundled tiled engine's table and the speed table.
 # Writes OUT/engine.tar (models, cards, logs) and OUT/results.tar (JSON, tables, log).
 # Needs: the repository's Python dependencies, or the decoded-volume cache of the shared data in
 # $CTINVARIANCES_CACHE (see README, "Training on a GPU").
@@ -53,8 +56,10 @@ BG=$!
 fi
 
 stamp "train the spatial cVAE"
+# CVAE_ARGS: further `train cvae` options, e.g. "--adv-weight 1 --adv-start 1000" (the paper's
+# conditional critic; the bundled spatial cVAE has none, see README, spatial engine item 6)
 $CLI train cvae --size spatial --out "$RUN" --steps 40000 --time-limit "$CVAE_MIN" --batch-size 32 \
-    --checkpoint-every 1000 --device "$DEV" 2>&1 | tail -3
+    --checkpoint-every 1000 --device "$DEV" ${CVAE_ARGS:-} 2>&1 | tail -3
 
 stamp "train four cINNs side by side"
 for d in cnn10 redcnn wganvgg dugan; do
@@ -76,6 +81,11 @@ stamp "engine diagnostics"
 timeout 60 $PY "$HERE/scripts/engine_diagnostics.py" --device "$DEV" --cvae "$RUN" \
     --patches 128 --out "$RES/engine_diagnostics_gpu.json" > "$RES/diagnostics.log" 2>&1
 tail -20 "$RES/diagnostics.log"
+
+stamp "where the consistent diversity goes (redcnn, abdomen k 16, K = 4)"
+timeout 90 $PY "$HERE/scripts/diversity_diagnostics.py" --device "$DEV" --cvae "$RUN" --denoiser redcnn \
+    --slice 2 --samples 4 --out "$RES/diversity_diagnostics_gpu.json" > "$RES/diversity.log" 2>&1
+tail -9 "$RES/diversity.log" | head -8
 
 stamp "speed tables"
 timeout 40 $PY "$HERE/benchmarks/bench_consistency.py" raw --device "$DEV" --cvae "$RUN" \
