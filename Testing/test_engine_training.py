@@ -251,3 +251,33 @@ def test_two_process_data_parallel_training_ends_with_identical_weights(tmp_path
     assert digests[0] == digests[1]
     load_cinn(tmp_path / "cinn" / "cinn-cnn10.safetensors")
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_cvae_fine_tune_starts_from_the_given_cvae_and_refuses_another_architecture(tmp_path, torch_threads):
+    """`train cvae --init`: a fine-tune (e.g. with the critic switched on) starts from the trained
+    weights, records them in the card, and a cVAE of another architecture is a one-line error."""
+    from CTInvariancesLib.errors import CTInvariancesError
+
+    def cfg(out, **kw):
+        return CVAETrainingConfig(out=str(out), model_config=TINY_SPATIAL_CVAE, steps=3, batch_size=4,
+                                  device="cpu", checkpoint_every=100, **({"adv_weight": 0.0} | kw))
+
+    CVAETrainer(cfg(tmp_path / "a", lr=1e-2), SINGLE, source=SyntheticSource(identity, 0)).run(progress=False)
+    old, old_card = load_cvae(tmp_path / "a")
+    # a vanishing learning rate: what the fine-tune ends with is what it started from
+    CVAETrainer(cfg(tmp_path / "b", lr=1e-12, seed=5, init=str(tmp_path / "a" / "cvae.safetensors"),
+                    adv_weight=0.1, adv_start=1),
+                SINGLE, source=SyntheticSource(identity, 1)).run(progress=False)
+    new, card = load_cvae(tmp_path / "b")
+    for (k, a), b in zip(old.state_dict().items(), new.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert card["training"]["init"]["sha256"] == old_card["sha256"]
+    CVAETrainer(cfg(tmp_path / "c", lr=1e-12, seed=5), SINGLE, source=SyntheticSource(identity, 1)).run(
+        progress=False
+    )
+    fresh, _ = load_cvae(tmp_path / "c")
+    assert any(not torch.allclose(a.float(), b.float(), atol=1e-6)
+               for a, b in zip(old.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(CTInvariancesError, match="--init"):
+        CVAETrainer(CVAETrainingConfig(out=str(tmp_path / "d"), model_config=TINY_CVAE, steps=1,
+                                       device="cpu", init=str(tmp_path / "a" / "cvae.safetensors")), SINGLE)

@@ -225,6 +225,18 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "cvae-init-ignored",
+        "train cvae --init loads the given cVAE into a model that is then not trained",
+        LIB + "training/invariance.py",
+        "        self.init_from = _warm_start_cvae(self.model, cfg.init) if cfg.init else None\n",
+        "        self.init_from = (_warm_start_cvae(build_cvae(self.model_cfg), cfg.init)\n"
+        "                          if cfg.init else None)\n",
+        (
+            "Testing/test_engine_training.py::"
+            "test_cvae_fine_tune_starts_from_the_given_cvae_and_refuses_another_architecture",
+        ),
+    ),
+    Mutant(
         "tf32-left-on",
         "full_fp32 leaves the user's TF32 setting on, so a GPU's consistency step works on an approximate f",
         LIB + "precision.py",

@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--adv-start", type=opt.non_negative_int, default=500, help="steps before the adversarial term starts"
     )
     t.add_argument(
+        "--init", metavar="CVAE", help="fine-tune: start from this trained cVAE (same --size; a fresh critic)"
+    )
+    t.add_argument(
         "--l1-weight", type=opt.positive_float, default=0.0011852, help="weight of the summed L1 (paper)"
     )
     t.add_argument(
@@ -743,6 +746,7 @@ def _train_cvae(args) -> int:
         checkpoint_every=args.checkpoint_every,
         device=args.device,
         time_limit_s=_minutes(args.time_limit),
+        init=args.init,
     )
     return _run_trainer(CVAETrainer, cfg, args.device, stop_at=args.stop_at)
 

@@ -413,6 +413,7 @@ class CVAETrainingConfig:
     device: str = "auto"
     time_limit_s: float | None = None  # train for at most this long (steps scaled down to fit)
     model_config: CVAEConfig | SpatialCVAEConfig | None = None  # overrides ``size`` (custom sizes, tests)
+    init: str | None = None  # start from this trained cVAE (same architecture; a fresh critic)
 
 
 class CVAETrainer(_Checkpointed):
@@ -427,6 +428,7 @@ class CVAETrainer(_Checkpointed):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model_cfg = cfg.model_config or model_configs(cfg.size)[0]
         self.model = build_cvae(self.model_cfg).to(self.device)
+        self.init_from = _warm_start_cvae(self.model, cfg.init) if cfg.init else None
         self.critic = ConditionalCritic(self.model_cfg.patch, cfg.critic_width).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.copt = torch.optim.Adam(
@@ -509,8 +511,9 @@ class CVAETrainer(_Checkpointed):
         """Data-dependent ActNorm initialisation on rank 0's first batch, then the same weights on
         every rank (DistributedDataParallel also broadcasts at construction)."""
         x, fx = self._batch(sampler)
-        self.model.train()
-        self.model(x, fx)
+        if self.init_from is None:  # a warm start keeps its normalisation statistics
+            self.model.train()
+            self.model(x, fx)
         ddp.broadcast_module(self.model, self.ctx)
         ddp.broadcast_module(self.critic, self.ctx)
 
@@ -559,7 +562,24 @@ class CVAETrainer(_Checkpointed):
             "train_time_s": round(self.elapsed, 1),
             "hardware": ddp.hardware_description(self.device, self.ctx.world_size),
         }
+        if self.init_from is not None:
+            training["init"] = self.init_from
         return save_cvae(self.model, self.out / "cvae.safetensors", training)
+
+
+def _warm_start_cvae(model: nn.Module, path: str) -> dict:
+    """Load a trained cVAE of the same architecture into ``model`` (a fine-tune, e.g. with the
+    critic switched on); a different architecture is a one-line error naming the file."""
+    from ..invariance.models import load_cvae
+
+    old, card = load_cvae(path)
+    state, new = old.state_dict(), model.state_dict()
+    if state.keys() != new.keys() or any(state[k].shape != new[k].shape for k in state):
+        raise CTInvariancesError(
+            f"--init: this cVAE's architecture ({card.get('config')}) is not the one being trained", path
+        )
+    model.load_state_dict(state)
+    return {"file": card.get("file"), "sha256": card.get("sha256"), "training": card.get("training")}
 
 
 def _warm_start(model: nn.Module, path: str) -> dict:
