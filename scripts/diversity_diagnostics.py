@@ -92,7 +92,10 @@ def main() -> int:
     den = load_denoiser(args.denoiser, device=args.device)
     fx = den.denoise_slices(x[None])[0]
     power_x = float(np.mean((x - fx)[body].astype(np.float64) ** 2))
-    learned = InvarianceSampler.load(den, cvae=args.cvae, device=args.device)
+    wanted = set(args.samplers)
+    # only what is asked for is loaded: a cVAE run folder may not have its cINNs yet
+    learned = (InvarianceSampler.load(den, cvae=args.cvae, device=args.device)
+               if wanted & {"cinn", "cinn-shaped", "cinn-T"} else None)
     prior = InvarianceSampler.load(den, cvae=args.cvae, use_cinn=False, device=args.device)
 
     def draw(sampler, temperature=1.0):
@@ -103,7 +106,6 @@ def main() -> int:
     raw = {"noise": draw(noise)}
     power_noise = float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
                                    for v in raw["noise"]]))
-    wanted = set(args.samplers)
     if {"cinn", "cinn-shaped"} & wanted:
         raw["cinn"] = draw(learned)
     if "prior" in wanted:
