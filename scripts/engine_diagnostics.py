@@ -29,6 +29,7 @@ from CTInvariancesLib.invariance.metrics import (  # noqa: E402
     latent_usage,
 )
 from CTInvariancesLib.invariance.models import load_cinn, load_cvae, resolve_cinn_path, resolve_cvae_path  # noqa: E402
+from CTInvariancesLib.weights import set_card_metric  # noqa: E402
 
 
 def write_cards(result: dict, folder: Path) -> None:
@@ -41,15 +42,14 @@ def write_cards(result: dict, folder: Path) -> None:
             print(f"{name}: {card_path.name} holds another cINN than the one measured; not written")
             continue
         inv = row["invertibility"]
-        card.setdefault("metrics", {})["latent_diagnostics"] = {
+        set_card_metric(card_path, "latent_diagnostics", {
             "measured_by": "scripts/engine_diagnostics.py (held-out 128 px patches, with their noise maps)",
             "n_patches": inv["n_latents"],
             "normality": inv["normality"],
             "max_abs_roundtrip_error": inv["max_abs_roundtrip_error"],
             "nll_per_dim": inv["nll_per_dim"],
             "cinn_power_ratio": row["latent_usage"]["cinn_power_ratio"],
-        }
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        })
         print(f"{name}: wrote {card_path.name}")
 
 

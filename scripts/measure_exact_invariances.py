@@ -41,6 +41,7 @@ from CTInvariancesLib.invariance.pipeline import diversity, slice_check  # noqa:
 from CTInvariancesLib.invariance.sampler import InvarianceSampler, NoiseSampler  # noqa: E402
 from CTInvariancesLib.lowdose import estimate_noise_hu  # noqa: E402
 from CTInvariancesLib.metrics import body_mask  # noqa: E402
+from CTInvariancesLib.weights import set_card_metric  # noqa: E402
 
 
 def _rmse(a, b, m) -> float:
@@ -284,12 +285,10 @@ def main() -> int:
         for name, row in result["denoisers"].items():
             card = Path(args.cards_dir or resolve_cvae_path(args.cvae).parent) / f"cinn-{name}.json"
             if card.exists():
-                c = json.loads(card.read_text())
                 raw_only = result["consistency"]["steps"] == 0
                 key = "raw_samples_dose_0.25" if raw_only else "exact_invariances_dose_0.25"
-                c.setdefault("metrics", {})[key] = dict(
-                    row, samples=result["samples"], consistency=result["consistency"])
-                card.write_text(json.dumps(c, indent=2) + "\n")
+                set_card_metric(card, key, dict(row, samples=result["samples"],
+                                                consistency=result["consistency"]))
     return 0
 
 

@@ -15,7 +15,6 @@ slowest slice.
 """
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CTInvariances"))
 from CTInvariancesLib.datasets import make_pairs  # noqa: E402
 from CTInvariancesLib.evaluation import HOLDOUT_SEED  # noqa: E402
 from CTInvariancesLib.lowdose import estimate_noise_hu  # noqa: E402
+from CTInvariancesLib.weights import set_card_metric  # noqa: E402
 
 LINE = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh [\d.]+ raw [\d.]+ -> [\d.]+\s+"
                   r"std ([\d.]+) -> [\d.]+ HU\s+power ([\d.]+)")
@@ -61,7 +61,6 @@ SPLITS = {"abdomen": "abdomen_k14_19", "head": "head_k20_27"}
 def write_cards(rows: dict, folder: Path) -> None:
     for den in sorted({d for _, d, _ in rows}):
         card = folder / f"cinn-{den}.json"
-        c = json.loads(card.read_text())
         entry = {
             "measured_by": "scripts/measure_exact_invariances.py --samplers cinn --steps 0 (K = 16), "
                            "then scripts/raw_table_by_anatomy.py; per-slice ratios, median per anatomy",
@@ -76,8 +75,7 @@ def write_cards(rows: dict, folder: Path) -> None:
                     "power_ratio_median": round(float(np.median(r["power"])), 2),
                     "power_ratio_range": [round(min(r["power"]), 2), round(max(r["power"]), 2)],
                 }
-        c.setdefault("metrics", {})["raw_samples_dose_0.25"] = entry
-        card.write_text(json.dumps(c, indent=2) + "\n")
+        set_card_metric(card, "raw_samples_dose_0.25", entry)
 
 
 CONSISTENT = re.compile(r"(\w+)\s+(\w+)\s+(\S+)#0\s+fresh ([\d.]+) raw [\d.]+ -> ([\d.]+)\s+"

@@ -42,6 +42,17 @@ def read_card(weights_path: str | Path) -> dict:
         raise WeightsError(f"model card is not valid JSON ({exc})", card_path) from None
 
 
+def set_card_metric(card_path: str | Path, key: str, value) -> None:
+    """Store ``value`` as ``metrics[key]`` of the model card ``card_path`` (.json), written whole
+    or not at all (the card's other fields are kept)."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    card.setdefault("metrics", {})[key] = value
+    tmp = card_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+
+
 def save_weights_with_card(state_dict: dict[str, torch.Tensor], path: str | Path, card: dict) -> Path:
     """Write ``path`` (.safetensors) and its card (.json) atomically; the card records the hash."""
     path = Path(path)

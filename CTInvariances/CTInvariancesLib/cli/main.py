@@ -658,15 +658,17 @@ def cmd_evaluate(args) -> int:
 
 
 def _update_card(den, res) -> None:
+    from ..weights import set_card_metric
+
     src = Path(den.source)
     card_path = src.with_suffix(".json")
     if src.suffix != ".safetensors" or not card_path.exists():
         raise CTInvariancesError("--update-card needs a .safetensors denoiser with a card", den.source)
-    card = json.loads(card_path.read_text())
-    card.setdefault("metrics", {})[f"holdout_dose_{res['dose_fraction']:g}"] = {
-        k: v for k, v in res.items() if k not in ("denoiser", "slices")
-    }
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    set_card_metric(
+        card_path,
+        f"holdout_dose_{res['dose_fraction']:g}",
+        {k: v for k, v in res.items() if k not in ("denoiser", "slices")},
+    )
 
 
 def cmd_train(args) -> int:
