@@ -237,6 +237,17 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "invariance-term-ignored",
+        "train cinn --invariance-weight computes the term but leaves it out of the loss",
+        LIB + "training/invariance.py",
+        "            loss = loss + self.cfg.invariance_weight * inv + self.cfg.power_weight * realism\n",
+        "            loss = loss + 0.0 * inv + self.cfg.power_weight * realism\n",
+        (
+            "Testing/test_engine_training.py::"
+            "test_invariance_term_puts_the_samples_variation_where_the_denoiser_does_not_look",
+        ),
+    ),
+    Mutant(
         "tf32-left-on",
         "full_fp32 leaves the user's TF32 setting on, so a GPU's consistency step works on an approximate f",
         LIB + "precision.py",

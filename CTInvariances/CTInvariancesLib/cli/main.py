@@ -392,6 +392,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)"
     )
     t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
+    t.add_argument(
+        "--invariance-weight",
+        type=opt.non_negative_float,
+        default=0.0,
+        help="spatial engines: add this weight x the power of f(x~) - f(x) of decoded samples x~ over "
+        "that of x~ - f(x) to the NLL (samples that vary what f ignores; 0: maximum likelihood only)",
+    )
+    t.add_argument(
+        "--invariance-batch",
+        type=opt.positive_int,
+        default=8,
+        help="decoded samples per step for --invariance-weight",
+    )
+    t.add_argument(
+        "--power-weight",
+        type=opt.non_negative_float,
+        default=10.0,
+        help="with --invariance-weight: this weight x log(power of x~ - f(x) / power of x - f(x))^2 "
+        "keeps the samples as loud as x",
+    )
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
@@ -789,6 +809,9 @@ def _train_cinn(args) -> int:
         patch=args.patch,
         init=args.init,
         calibration_crops=args.calibration_crops,
+        invariance_weight=args.invariance_weight,
+        invariance_batch=args.invariance_batch,
+        power_weight=args.power_weight,
     )
     if args.steps == 0 and not args.init:
         raise CTInvariancesError("--steps 0 needs --init (a trained cINN whose calibration is fitted)")

@@ -657,6 +657,13 @@ class CINNTrainingConfig:
     init: str | None = None  # start from this cINN's weights (fine-tuning; see _warm_start)
     # crops whose latents fit the spatial cINN's output calibration at the end (0: no fit)
     calibration_crops: int = 1024
+    # weight of the invariance term (spatial engines): mean |f(x~) - f(x)|^2 of decoded cINN samples
+    # x~ over mean |x~ - f(x)|^2, added to the NLL so that what the samples vary is what f ignores
+    invariance_weight: float = 0.0
+    invariance_batch: int = 8  # samples per step for that term (f and the decoder are backpropagated)
+    # with it, this weight x log(power of x~ - f(x) / power of x - f(x))^2: alone, the invariance
+    # term buys its ratio with variation f removes (high frequencies) beyond what x has (measured)
+    power_weight: float = 0.0
     model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
@@ -691,6 +698,8 @@ class CINNTrainer(_Checkpointed):
                 "(a multiple of its latent stride, at least 16)",
                 cfg.cvae,
             )
+        if cfg.invariance_weight > 0 and not isinstance(cinn_cfg, SpatialCINNConfig):
+            raise CTInvariancesError("--invariance-weight needs a spatial engine", cfg.cvae)
         self.model = build_cinn(cinn_cfg, seed=cfg.seed).to(self.device)
         self.init_from = None
         if cfg.init:
@@ -738,14 +747,46 @@ class CINNTrainer(_Checkpointed):
         return f"log-cinn-{self.denoiser.name}.jsonl"
 
     def _nll_step(self, sampler) -> dict[str, float]:
-        z, fx, noise = self._latents(sampler)
+        z, fx, noise, x = self._latents(sampler, with_x=True)
         v, logdet = self.ddp_model(z, fx, noise_hu=noise)
         nll = 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()
+        loss, out = nll, {}
+        if self.cfg.invariance_weight > 0:
+            inv, power = self._invariance_terms(x, fx, noise)
+            realism = power.log() ** 2
+            loss = loss + self.cfg.invariance_weight * inv + self.cfg.power_weight * realism
+            out |= {"invariance": inv, "power_ratio": power}
         self.opt.zero_grad(set_to_none=True)
-        nll.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
         self.opt.step()
-        return _scalars(nll=nll, v_std=v.detach().std())
+        return _scalars(nll=nll, v_std=v.detach().std(), **out)
+
+    def _invariance_terms(self, x: torch.Tensor, fx: torch.Tensor, noise) -> tuple[torch.Tensor, ...]:
+        """For decoded samples x~ of the first crops: (mean |f(x~) - f(x)|^2 / mean |x~ - f(x)|^2,
+        the share of the samples' variation that the denoiser still sees, 0 for an exact invariance;
+        mean |x~ - f(x)|^2 / mean |x - f(x)|^2 inside the body, their realism in power). The first
+        is a ratio so that less variation does not lower it (an absolute penalty, tried first, shrank
+        the samples). f(x) is recomputed on the crop, so that crop borders affect both terms alike."""
+        from ..normalization import hu_to_normalized, normalized_to_hu
+
+        n = min(self.cfg.invariance_batch, len(x))
+        x, fx = x[:n], fx[:n]
+        noise = None if noise is None else noise[:n]
+        with torch.no_grad():
+            target = hu_to_normalized(self.denoiser(normalized_to_hu(x)))
+        v = torch.randn((n, *self.cvae.latent_shape(*x.shape[-2:])), device=x.device)
+        samples = self.cvae.decode(self.model.reverse(v, fx, noise_hu=noise), fx)
+        seen = hu_to_normalized(self.denoiser(normalized_to_hu(samples))) - target
+        residual = (samples - fx) ** 2
+        share = (seen**2).mean() / residual.mean().clamp_min(1e-12)
+        # power inside the body (f(x) above -500 HU), as the realism bound measures it: air, where
+        # x - f(x) is nearly 0, would otherwise make the crops' ratio differ from the slice's
+        body = (normalized_to_hu(fx) > -500.0).float()
+        if float(body.sum()) < 1:
+            body = torch.ones_like(body)
+        power = (residual * body).sum() / ((x - fx) ** 2 * body).sum().clamp_min(1e-12)
+        return share, power
 
     @torch.no_grad()
     def _fit_calibration(self, sampler: PatchSampler) -> dict | None:
@@ -773,7 +814,8 @@ class CINNTrainer(_Checkpointed):
         }
 
     @torch.no_grad()
-    def _latents(self, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _latents(self, sampler: PatchSampler, with_x: bool = False):
+        """(z, f(x), noise level or None[, x]) of a batch of training crops, z a posterior sample."""
         x, fx = sampler.batch(self.cfg.batch_size)
         x, fx = x.to(self.device), fx.to(self.device)
         noise = getattr(sampler, "last_noise_hu", None)
@@ -783,7 +825,9 @@ class CINNTrainer(_Checkpointed):
             from ..normalization import normalized_to_hu
 
             noise = torch.tensor([slice_noise_hu(normalized_to_hu(p[0].cpu().numpy())) for p in x])
-        return self.cvae.encode(x, fx).sample(), fx, None if noise is None else noise.to(self.device)
+        noise = None if noise is None else noise.to(self.device)
+        z = self.cvae.encode(x, fx).sample()
+        return (z, fx, noise, x) if with_x else (z, fx, noise)
 
     def run(self, progress: bool = True, stop_at: int | None = None) -> Path | None:
         cfg = self.cfg
@@ -811,7 +855,16 @@ class CINNTrainer(_Checkpointed):
             "batch_size": cfg.batch_size,
             "world_size": self.ctx.world_size,
             "lr": cfg.lr,
-            "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det",
+            "loss": "NLL of v under N(0, I) per dimension, z a posterior sample; exact log-det"
+            + (
+                f" + {cfg.invariance_weight:g} x mean|f(x~) - f(x)|^2 / mean|x~ - f(x)|^2 of "
+                f"{cfg.invariance_batch} decoded samples x~ per step + {cfg.power_weight:g} x "
+                "log(mean|x~ - f(x)|^2 / mean|x - f(x)|^2)^2"
+                if cfg.invariance_weight > 0
+                else ""
+            ),
+            "invariance_weight": cfg.invariance_weight,
+            "power_weight": cfg.power_weight,
             "init": self.init_from,
             "calibration": calibration,
             "patch": self.cfg.patch,
