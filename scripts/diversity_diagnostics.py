@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cvae", help="engine folder or cVAE file (default: the bundled spatial engine)")
     ap.add_argument("--out")
+    ap.add_argument("--png", help="a picture: per sampler one raw sample, its x~ - f(x) and the "
+                    "consistent std map, on a 192 px crop at the body's centre")
     args = ap.parse_args()
     torch.manual_seed(0)
     pairs = make_pairs("holdout", 0.25, realisations=2, seed=HOLDOUT_SEED)
@@ -116,10 +118,10 @@ def main() -> int:
         raw[f"cinn-T{args.temperature:g}"] = draw(learned, args.temperature)
     if "noise-matched" in wanted:
         raw[f"noise-T{power_noise ** -0.5:.2f}"] = draw(noise, power_noise**-0.5)
-    rows, spectra = {}, {}
+    rows, spectra, consistent = {}, {}, {}
     for kind, s in raw.items():
         t = time.perf_counter()
-        cons = consistency_project(den, x, s, denoised_hu=fx).samples
+        cons = consistent[kind] = consistency_project(den, x, s, denoised_hu=fx).samples
         rows[kind] = {
             "raw_std_hu": diversity(s, body)["std_map_median_hu"],
             "raw_power_ratio": float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
@@ -150,7 +152,41 @@ def main() -> int:
                                              "consistent": (b / spectra["noise"][1]).tolist()}
                                          for k, (a, b) in spectra.items() if k != "noise"},
         }, indent=2) + "\n")
+    if args.png:
+        save_panel(Path(args.png), x, fx, body, raw, consistent, f"{args.denoiser}, {name}")
     return 0
+
+
+def save_panel(path: Path, x, fx, body, raw: dict, consistent: dict, title: str) -> None:
+    """Rows: x, then each sampler; columns: the image (W 400 / L 40), its residual from f(x)
+    (+-60 HU), the consistent samples' std map (0 to the largest row's 99th percentile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cy, cx = (int(np.median(a)) for a in np.nonzero(body))
+    win = (slice(max(cy - 96, 0), cy + 96), slice(max(cx - 96, 0), cx + 96))
+    stds = {k: c.std(0, ddof=1) for k, c in consistent.items()}
+    top = max(float(np.percentile(v[body], 99)) for v in stds.values())
+    rows = [("x", x, None)] + [(k, raw[k][0], stds[k]) for k in raw]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+    for ax_row, (kind, img, std) in zip(axes, rows):
+        ax_row[0].imshow(img[win], cmap="gray", vmin=-160, vmax=240)
+        ax_row[1].imshow((img - fx)[win], cmap="gray", vmin=-60, vmax=60)
+        if std is not None:
+            ax_row[2].imshow(std[win], cmap="magma", vmin=0, vmax=top)
+        ax_row[0].set_ylabel(kind)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("image")
+    axes[0][1].set_title("minus f(x), +-60 HU")
+    axes[0][2].set_title(f"consistent std, 0-{top:.0f} HU")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
 #    RAW_SECONDS have passed;
 # 3. the consistent table (noise and cinn samplers, default step) until CONSISTENT_SECONDS, on the
 #    held-out slices CONS_SLICES (indices as for measure_exact_invariances.py; default "2 0 1").
+# CINN_ARGS passes further options to `train cinn`, e.g. "--invariance-weight 8 --power-weight 10"
+# (the invariance fine-tune of scripts/finetune_invariance.sh at GPU scale; README, spatial engine 7).
 # Writes OUT/engine.tar (cINNs, cards, logs) and OUT/results.tar (JSON, logs).
 # Needs the repository's dependencies, or the decoded-volume cache (see scripts/gpu_recipe.sh).
 set -u
@@ -51,7 +53,7 @@ for d in cnn10 redcnn wganvgg dugan; do
     [ "$INIT" = none ] && init=()
     $CLI train cinn --denoiser $d --cvae "$RUN" --out "$RUN" "${init[@]}" \
         --steps 40000 --time-limit "$CINN_MIN" --batch-size 64 --checkpoint-every 1000 \
-        --device "$DEV" > "$RES/train_cinn_$d.log" 2>&1 &
+        --device "$DEV" ${CINN_ARGS:-} > "$RES/train_cinn_$d.log" 2>&1 &
 done
 wait
 for d in cnn10 redcnn wganvgg dugan; do tail -2 "$RES/train_cinn_$d.log"; done
