@@ -18,8 +18,9 @@ measure_exact_invariances.py) from
   that power, since f keeps part of x's own noise): the reference at equal realism;
 then applies the default consistency step to each and prints, per sampler: the raw std-map median in
 the body, the raw power ratio (power of x~ - f(x) over that of x - f(x)), the consistent std-map
-median and its ratio to the noise sampler's; and, per radial band, the power of the samples'
-deviations from their mean (raw and consistent) relative to the noise sampler's.
+median and its ratio to the noise sampler's, and the raw power ratio outside the body; and, per
+radial band, the power of the samples' deviations from their mean (raw and consistent) relative to
+the noise sampler's.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> int:
     den = load_denoiser(args.denoiser, device=args.device)
     fx = den.denoise_slices(x[None])[0]
     power_x = float(np.mean((x - fx)[body].astype(np.float64) ** 2))
+    power_x_out = float(np.mean((x - fx)[~body].astype(np.float64) ** 2))
     wanted = set(args.samplers)
     # only what is asked for is loaded: a cVAE run folder may not have its cINNs yet
     learned = (InvarianceSampler.load(den, cvae=args.cvae, device=args.device)
@@ -127,17 +129,21 @@ def main() -> int:
             "raw_power_ratio": float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
                                                 for v in s])),
             "consistent_std_hu": diversity(cons, body)["std_map_median_hu"],
+            # the same ratio in the air around the patient, which the body's bound does not see
+            "raw_power_ratio_outside": float(np.median([
+                np.mean((v - fx)[~body].astype(np.float64) ** 2) / power_x_out for v in s])),
             "seconds": time.perf_counter() - t,
         }
         spectra[kind] = (deviation_power(s, body), deviation_power(cons, body))
         print(kind, {k: round(v, 2) for k, v in rows[kind].items()}, flush=True)
     ref = rows["noise"]["consistent_std_hu"]
     print(f"\n{args.denoiser}, {name}, K = {args.samples}, default consistency step\n")
-    print("| sampler | raw std (HU) | raw power ratio | consistent std (HU) "
+    print("| sampler | raw std (HU) | raw power ratio | outside the body | consistent std (HU) "
           "| consistent std / noise sampler's |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for kind, r in rows.items():
-        print(f"| {kind} | {r['raw_std_hu']:.1f} | {r['raw_power_ratio']:.2f} | {r['consistent_std_hu']:.2f} "
+        print(f"| {kind} | {r['raw_std_hu']:.1f} | {r['raw_power_ratio']:.2f} "
+              f"| {r['raw_power_ratio_outside']:.2f} | {r['consistent_std_hu']:.2f} "
               f"| {r['consistent_std_hu'] / ref:.2f} |")
     print("\ndeviation power per radial band (low -> Nyquist) relative to the noise sampler's, "
           "raw / consistent")
