@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--power-weight",
         type=opt.non_negative_float,
         default=10.0,
-        help="with --invariance-weight: this weight x log(power of x~ - f(x) / power of x - f(x))^2 "
-        "keeps the samples as loud as x",
+        help="with --invariance-weight: this weight x log(power of x~ - f(x) / power of x - f(x))^2, "
+        "inside and outside the body, keeps the samples as loud as x",
     )
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
