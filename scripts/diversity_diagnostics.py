@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CTInvariances"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from measure_exact_invariances import radial_power  # noqa: E402
+from measure_exact_invariances import median_power_ratio, radial_power  # noqa: E402
 
 from CTInvariancesLib.datasets import make_pairs, source_pixel_mm  # noqa: E402
 from CTInvariancesLib.denoisers import load_denoiser  # noqa: E402
@@ -94,8 +94,6 @@ def main() -> int:
     px = source_pixel_mm(name.split("[")[0])
     den = load_denoiser(args.denoiser, device=args.device)
     fx = den.denoise_slices(x[None])[0]
-    power_x = float(np.mean((x - fx)[body].astype(np.float64) ** 2))
-    power_x_out = float(np.mean((x - fx)[~body].astype(np.float64) ** 2))
     wanted = set(args.samplers)
     # only what is asked for is loaded: a cVAE run folder may not have its cINNs yet
     learned = (InvarianceSampler.load(den, cvae=args.cvae, device=args.device)
@@ -108,8 +106,7 @@ def main() -> int:
 
     noise = NoiseSampler(den, device=args.device)
     raw = {"noise": draw(noise)}
-    power_noise = float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
-                                   for v in raw["noise"]]))
+    power_noise = median_power_ratio(raw["noise"], fx, x, body)
     if {"cinn", "cinn-shaped"} & wanted:
         raw["cinn"] = draw(learned)
     if "prior" in wanted:
@@ -126,12 +123,10 @@ def main() -> int:
         cons = consistent[kind] = consistency_project(den, x, s, denoised_hu=fx).samples
         rows[kind] = {
             "raw_std_hu": diversity(s, body)["std_map_median_hu"],
-            "raw_power_ratio": float(np.median([np.mean((v - fx)[body].astype(np.float64) ** 2) / power_x
-                                                for v in s])),
+            "raw_power_ratio": median_power_ratio(s, fx, x, body),
             "consistent_std_hu": diversity(cons, body)["std_map_median_hu"],
             # the same ratio in the air around the patient, which the body's bound does not see
-            "raw_power_ratio_outside": float(np.median([
-                np.mean((v - fx)[~body].astype(np.float64) ** 2) / power_x_out for v in s])),
+            "raw_power_ratio_outside": median_power_ratio(s, fx, x, ~body),
             "seconds": time.perf_counter() - t,
         }
         spectra[kind] = (deviation_power(s, body), deviation_power(cons, body))

@@ -48,6 +48,12 @@ def _rmse(a, b, m) -> float:
     return float(np.sqrt(np.mean((a[m].astype(np.float64) - b[m]) ** 2)))
 
 
+def median_power_ratio(samples, fx: np.ndarray, x: np.ndarray, mask: np.ndarray) -> float:
+    """Realism in power: the median over samples of power(x~ - f(x)) / power(x - f(x)) in ``mask``."""
+    power_x = float(np.mean((x - fx)[mask].astype(np.float64) ** 2))
+    return float(np.median([np.mean((s - fx)[mask].astype(np.float64) ** 2) / power_x for s in samples]))
+
+
 def radial_power(residual: np.ndarray, mask: np.ndarray, bands: int = 12) -> list[float]:
     """Radial noise power spectrum of ``residual`` inside ``mask`` (mean |FFT|^2 per pixel of the
     mask, in ``bands`` rings from 0 to the Nyquist frequency): the texture of the noise."""
@@ -117,9 +123,7 @@ def measure(denoisers, samplers, slice_ids, n_samples, steps, seed=0, device="cp
                 d["pairwise"].append(div["pairwise_rmse_median_hu"])
                 d["std_raw"].append(div_raw["std_map_median_hu"])
                 # realism: power of x~ - f(x) over that of x - f(x), and their radial spectra
-                px_res = float(np.mean((x1 - f1)[m].astype(np.float64) ** 2))
-                d["power_raw"].append(float(np.median(
-                    [np.mean((s - f1)[m].astype(np.float64) ** 2) / px_res for s in res.samples])))
+                d["power_raw"].append(median_power_ratio(res.samples, f1, x1, m))
                 d["nps_raw"].append(np.mean([radial_power(s - f1, m) for s in res.samples[:4]], 0).tolist())
                 d["nps_x"].append(radial_power(x1 - f1, m))
                 d["seconds_sampling"].append(t_s)
