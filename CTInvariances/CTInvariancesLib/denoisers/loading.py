@@ -105,6 +105,10 @@ class Denoiser:
             )
         return normalized_to_hu(y) if normalized else y
 
+    def on_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """f on a batch in the project's normalised units (the engine's and its trainers')."""
+        return hu_to_normalized(self(normalized_to_hu(x)))
+
     def denoise_slices(
         self,
         slices_hu: np.ndarray,

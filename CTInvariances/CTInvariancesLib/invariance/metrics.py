@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..denoisers.loading import Denoiser
-from ..normalization import STD, hu_to_normalized, normalized_to_hu
+from ..normalization import STD, hu_to_normalized
 from .cinn import ConditionalINN
 from .cvae import ConditionalVAE
 from .sampler import latent_draws
@@ -185,8 +185,7 @@ def invariance_fidelity(
     With ``cinn=None`` z is drawn from the cVAE prior (the decoder alone).
     """
 
-    def f(t):
-        return hu_to_normalized(denoiser(normalized_to_hu(t)))
+    f = denoiser.on_normalized
 
     ratios, moved, kept = [], [], []
     for k in range(samples_per_patch):
@@ -220,8 +219,7 @@ def idempotency(denoiser: Denoiser, ps: PatchSet, batch: int = 50) -> dict:
     """How far f is from idempotent: median over patches of RMSE(f(f(x)), f(x)) / RMSE(f(x), x), f
     applied to the patch. A sample near f(x) cannot have a fidelity ratio below this."""
 
-    def f(t):
-        return hu_to_normalized(denoiser(normalized_to_hu(t)))
+    f = denoiser.on_normalized
 
     ratios = []
     for s in range(0, len(ps.x), batch):

@@ -769,16 +769,16 @@ class CINNTrainer(_Checkpointed):
         The first is a ratio so that less variation does not lower it (an absolute penalty, tried
         first, shrank the samples). f(x) is recomputed on the crop, so that crop borders affect both
         terms alike."""
-        from ..normalization import hu_to_normalized, normalized_to_hu
+        from ..normalization import normalized_to_hu
 
         n = min(self.cfg.invariance_batch, len(x))
         x, fx = x[:n], fx[:n]
         noise = None if noise is None else noise[:n]
         with torch.no_grad():
-            target = hu_to_normalized(self.denoiser(normalized_to_hu(x)))
+            target = self.denoiser.on_normalized(x)
         v = torch.randn((n, *self.cvae.latent_shape(*x.shape[-2:])), device=x.device)
         samples = self.cvae.decode(self.model.reverse(v, fx, noise_hu=noise), fx)
-        seen = hu_to_normalized(self.denoiser(normalized_to_hu(samples))) - target
+        seen = self.denoiser.on_normalized(samples) - target
         residual = (samples - fx) ** 2
         share = (seen**2).mean() / residual.mean().clamp_min(1e-12)
         # the power ratio inside the body (f(x) above -500 HU, as the realism bound measures it) and
