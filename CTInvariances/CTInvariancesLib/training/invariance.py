@@ -662,8 +662,9 @@ class CINNTrainingConfig:
     invariance_weight: float = 0.0
     invariance_batch: int = 8  # samples per step for that term (f and the decoder are backpropagated)
     # with it, this weight x log(power of x~ - f(x) / power of x - f(x))^2: alone, the invariance
-    # term buys its ratio with variation f removes (high frequencies) beyond what x has (measured)
-    power_weight: float = 0.0
+    # term buys its ratio with variation f removes (high frequencies) beyond what x has (measured);
+    # the same default as `train cinn --power-weight`
+    power_weight: float = 10.0
     model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
 
 
