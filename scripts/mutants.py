@@ -432,6 +432,22 @@ MUTANTS = (
         ("Testing/test_io_errors.py::test_irregular_series_locates_points_on_the_real_slice_positions",),
     ),
     Mutant(
+        "batched-simulation-shares-one-i0",
+        "make_pairs' batched simulation gives every slice of a batch the first slice's I0",
+        LIB + "lowdose.py",
+        "            i0s = [self._i0_from_reference(sl, ref) for sl, ref in zip(slices, refs)]",
+        "            i0s = [self._i0_from_reference(slices[0], refs[0])] * len(slices)",
+        ("Testing/test_lowdose.py::test_simulate_slices_gives_each_slice_its_own_i0_and_seeds",),
+    ),
+    Mutant(
+        "batched-simulation-repeats-a-seed",
+        "every realisation of a slice in the batched simulation uses the first seed",
+        LIB + "lowdose.py",
+        "for p, i0, row in zip(ps, i0s, seeds) for seed in row]",
+        "for p, i0, row in zip(ps, i0s, seeds) for seed in row[:1] * len(row)]",
+        ("Testing/test_lowdose.py::test_simulate_slices_gives_each_slice_its_own_i0_and_seeds",),
+    ),
+    Mutant(
         "slicer-bad-node-unchecked",
         "a volume node without usable data is written and handed to the CLI",
         "CTInvariances/CTInvariancesSlicer/logic.py",

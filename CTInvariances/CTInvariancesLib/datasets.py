@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CTInvariancesError
 from .io import read_volume
-from .lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+from .lowdose import FBP_BATCH, LowDoseSettings, LowDoseSimulator, slice_seed
 
 
 @dataclass(frozen=True)
@@ -125,18 +125,19 @@ def make_pairs(
     for src in SOURCES:
         array, spacing = source_volume(src)
         pixel_mm = (spacing[1], spacing[0])
-        for k in getattr(src, split):
-            full = array[k]
-            i0 = sim.estimate_i0(full, pixel_mm)
-            sim_k = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0), device=device)
-            for r in range(realisations):
-                low, _ = sim_k.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))
-                ld.append(low)
-                fd.append(full)
-                names.append(f"{Path(src.folder).name}[{k}]#{r}")
-                i0s.append(i0)
+        ks = list(getattr(src, split))
+        for at in range(0, len(ks), FBP_BATCH):  # a series' slices share FBP's ray geometry
+            batch = ks[at : at + FBP_BATCH]
+            seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in batch]
+            lows, batch_i0 = sim.simulate_slices(array[batch], pixel_mm, seeds)
+            for k, low_k, i0 in zip(batch, lows, batch_i0):
+                for r in range(realisations):
+                    ld.append(low_k[r])
+                    fd.append(array[k])
+                    names.append(f"{Path(src.folder).name}[{k}]#{r}")
+                    i0s.append(float(i0))
             if progress:
-                progress(1)
+                progress(len(batch))
     out = {
         "ld": np.stack(ld).astype(np.float32),
         "fd": np.stack(fd).astype(np.float32),
@@ -167,11 +168,8 @@ def slice_realisations(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     full = array[k]
-    first = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction), device=device)
-    i0 = first.estimate_i0(full, pixel_mm)
-    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction, i0=i0), device=device)
-    ld = np.stack([sim.simulate(full, pixel_mm, slice_seed(seed + 1000 * r, k))[0] for r in range(n)])
-    ld = ld.astype(np.float32)
+    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction), device=device)
+    ld = sim.simulate_slices(full[None], pixel_mm, [[slice_seed(seed + 1000 * r, k) for r in range(n)]])[0][0]
     tmp = path.with_suffix(f".{os.getpid()}.partial.npz")
     np.savez_compressed(tmp, ld=ld, fd=full.astype(np.float32))
     os.replace(tmp, path)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at ~70 keV (120 kVp effective), 1/mm
 _REFERENCE_I0 = 1.0e5
+FBP_BATCH = 16  # noise images reconstructed together (~540 MB of gathered rays at 512 x 512)
 
 
 @dataclass(frozen=True)
@@ -291,10 +292,30 @@ class LowDoseSimulator:
             raise ValueError(f"dose fraction must be in (0, 1), got {self.settings.dose_fraction}")
 
     def _noise_image(self, p, shape, pixel_mm, a, i0, seed) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(seed))
+        return self._noise_images([(p, a, i0, seed)], shape, pixel_mm)[0]
+
+    def _noise_images(self, jobs, shape, pixel_mm, electronic: bool = True) -> torch.Tensor:
+        """Noise images [N, H, W] (HU) for ``jobs`` of (line integrals, dose fraction, I0, seed), all
+        on one image grid: reconstructed FBP_BATCH at a time, so FBP's ray geometry (its costly part)
+        is computed once per batch instead of once per image."""
         s = self.settings
-        n = noise_sinogram(p, a, i0, s.electronic_noise, g)
-        return mu_to_hu_delta(fbp(n.to(self.device), shape, pixel_mm, s.geometry))
+        e = s.electronic_noise if electronic else 0.0
+        out = []
+        for i in range(0, len(jobs), FBP_BATCH):
+            sinos = torch.stack(
+                [noise_sinogram(p, a, i0, e, torch.Generator().manual_seed(int(seed)))
+                 for p, a, i0, seed in jobs[i : i + FBP_BATCH]]
+            )
+            out.append(mu_to_hu_delta(fbp(sinos.to(self.device), shape, pixel_mm, s.geometry)))
+        return torch.cat(out)
+
+    def _i0_from_reference(self, slice_hu: np.ndarray, reference_noise: torch.Tensor) -> float:
+        mask = flat_soft_tissue_mask(np.asarray(slice_hu))
+        sigma_ref = estimate_noise_hu(reference_noise.cpu().numpy(), mask)
+        sigma_fd = estimate_noise_hu(np.asarray(slice_hu), mask)
+        if sigma_fd <= 0:
+            raise ValueError("the image has no measurable noise: give I0 explicitly")
+        return _REFERENCE_I0 * (sigma_ref / sigma_fd) ** 2
 
     def estimate_i0(
         self, slice_hu: np.ndarray, pixel_mm: tuple[float, float], p: torch.Tensor | None = None
@@ -303,16 +324,13 @@ class LowDoseSimulator:
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         if p is None:
             p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
-        g = torch.Generator().manual_seed(12345)
-        # dose factor (1-a)/a = 1 at a = 1/2; no electronic noise: full-dose quantum noise
-        n = noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, g)
-        ref = mu_to_hu_delta(fbp(n.to(self.device), hu.shape, pixel_mm, self.settings.geometry))
-        mask = flat_soft_tissue_mask(np.asarray(slice_hu))
-        sigma_ref = estimate_noise_hu(ref.cpu().numpy(), mask)
-        sigma_fd = estimate_noise_hu(np.asarray(slice_hu), mask)
-        if sigma_fd <= 0:
-            raise ValueError("the image has no measurable noise: give I0 explicitly")
-        return _REFERENCE_I0 * (sigma_ref / sigma_fd) ** 2
+        ref = self._reference_noise([p], hu.shape, pixel_mm)[0]
+        return self._i0_from_reference(slice_hu, ref)
+
+    def _reference_noise(self, ps, shape, pixel_mm) -> torch.Tensor:
+        # dose factor (1-a)/a = 1 at a = 1/2; no electronic noise: the full-dose quantum noise at the
+        # reference I0, one fixed seed
+        return self._noise_images([(p, 0.5, _REFERENCE_I0, 12345) for p in ps], shape, pixel_mm, False)
 
     def simulate(
         self, slice_hu: np.ndarray, pixel_mm: tuple[float, float], seed: int
@@ -326,6 +344,37 @@ class LowDoseSimulator:
         i0 = s.i0 if s.i0 is not None else self.estimate_i0(slice_hu, pixel_mm, p)
         noise = self._noise_image(p, hu.shape, pixel_mm, s.dose_fraction, i0, seed)
         return (hu + noise).cpu().numpy().astype(np.float32), float(i0)
+
+    def simulate_slices(
+        self, slices_hu: np.ndarray, pixel_mm: tuple[float, float], seeds: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Low-dose realisations of several slices on one grid (a series): ``seeds[n][r]`` seeds
+        realisation r of slice n. Returns the low-dose slices [N, R, H, W] (HU, float32) and each
+        slice's I0 (the settings' or, if None, estimated from that slice as ``estimate_i0`` does).
+
+        The same images as ``simulate`` slice by slice with the same I0 and seeds (up to float
+        rounding), but the I0 references and then the noise images are reconstructed in batches
+        (make_pairs' 14 held-out slices: 2.5x faster on a 2-core CPU)."""
+        slices = np.asarray(slices_hu, dtype=np.float32)
+        if slices.ndim != 3 or len(seeds) != len(slices) or len({len(r) for r in seeds}) != 1:
+            raise ValueError("simulate_slices() takes slices [N, H, W] and as many seeds for each")
+        if not len(seeds[0]):
+            raise ValueError("simulate_slices() needs at least one seed per slice")
+        s = self.settings
+        hus = [torch.as_tensor(sl, device=self.device) for sl in slices]
+        for hu in hus:
+            self._check_fov(hu, pixel_mm)
+        ps = [noise_line_integrals(hu, pixel_mm, s.geometry) for hu in hus]
+        shape = slices.shape[1:]
+        if s.i0 is not None:
+            i0s = [float(s.i0)] * len(slices)
+        else:
+            refs = self._reference_noise(ps, shape, pixel_mm)
+            i0s = [self._i0_from_reference(sl, ref) for sl, ref in zip(slices, refs)]
+        jobs = [(p, s.dose_fraction, i0, seed) for p, i0, row in zip(ps, i0s, seeds) for seed in row]
+        noise = self._noise_images(jobs, shape, pixel_mm).cpu().numpy()
+        ld = slices[:, None] + noise.reshape(len(slices), -1, *shape)
+        return ld.astype(np.float32), np.array(i0s)
 
     def added_noise(
         self, slice_hu: np.ndarray, pixel_mm: tuple[float, float], seed: int, i0: float
@@ -347,19 +396,14 @@ class LowDoseSimulator:
         (the robust estimator, in ``mask``) is ``noise_std_hu``.
 
         The photon statistics follow the anatomy's line integrals (streaks and higher noise behind
-        thick or dense structures), the texture is the simulator's FBP texture. All N are
-        reconstructed at once.
+        thick or dense structures), the texture is the simulator's FBP texture. Reconstructed
+        FBP_BATCH at a time.
         """
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)
-        sinos = torch.stack(
-            [
-                noise_sinogram(p, 0.5, _REFERENCE_I0, 0.0, torch.Generator().manual_seed(int(sd)))
-                for sd in seeds
-            ]
-        )
-        noise = mu_to_hu_delta(fbp(sinos.to(self.device), hu.shape, pixel_mm, self.settings.geometry))
-        noise = noise.cpu().numpy().astype(np.float32)
+        jobs = [(p, 0.5, _REFERENCE_I0, sd) for sd in seeds]  # full-dose quantum noise, rescaled below
+        noise = self._noise_images(jobs, hu.shape, pixel_mm, electronic=False).cpu().numpy()
+        noise = noise.astype(np.float32)
         if mask is None:
             mask = flat_soft_tissue_mask(np.asarray(slice_hu))
         # each realisation is scaled on its own, so realisation i does not depend on which others are
