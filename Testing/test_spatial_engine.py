@@ -4,6 +4,8 @@ size), loading and mixing rules, warm starts, and training beside the cVAE."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -305,6 +307,38 @@ def test_output_calibration_fit_finds_the_spread_of_air_and_body_per_noise_level
     head, abdomen = (body & (level < 0)).expand_as(drawn), (body & (level > 0)).expand_as(drawn)
     truth = float(torch.exp(0.2 * (level.max() - level.min())))  # abdomen / head spread
     assert abs(float(drawn[abdomen].std() / drawn[head].std()) / truth - 1) < 0.06
+
+
+def test_output_calibration_mean_fit_sets_the_shift_and_keeps_the_trained_scale():
+    """`train cinn --calibration-fit mean`: the shift is fitted (v centred in every group), the
+    scale a power-guarded fine-tune set is kept as it was."""
+    from CTInvariancesLib.invariance.spatial import OutputCalibration
+    from CTInvariancesLib.normalization import hu_to_normalized
+
+    g = torch.Generator().manual_seed(1)
+    n, c = 64, 2
+    level = torch.log(torch.tensor([5.0, 30.0]) / 20.0).repeat(n // 2).view(n, 1, 1, 1).expand(n, 1, 8, 8)
+    fx_hu = torch.full((n, 1, 16, 16), -1000.0)
+    fx_hu[..., 4:12, :] = 40.0
+    layer = OutputCalibration(c)
+    with torch.no_grad():
+        layer.s[0] = torch.tensor([0.2, -0.1])  # as trained: spread exp(0.2) and exp(-0.1)
+    trained_s = layer.s.detach().clone()
+    cov = layer.covariates(level, hu_to_normalized(fx_hu))
+    body = cov[:, 2:3] > 0.5
+    shift = torch.where(body, 0.5 + 0.2 * level, torch.full_like(level, -0.3))
+    u = shift + 1.5 * torch.randn(n, c, 8, 8, generator=g)
+    fit = layer.fit(u, cov, scale=False)
+    assert fit["nll_after"] < fit["nll_before"]
+    assert torch.equal(layer.s.detach(), trained_s)
+    with torch.no_grad():
+        v, _ = layer(u, cov)
+    for group in (body & (level < 0), body & (level > 0), ~body):
+        sel = group.expand_as(v)
+        for ch, spread in enumerate((1.5 / math.exp(0.2), 1.5 / math.exp(-0.1))):
+            vals = v[:, ch][sel[:, ch]]
+            assert abs(float(vals.mean())) < 0.06 * spread
+            assert abs(float(vals.std()) / spread - 1) < 0.06
 
 
 def test_patch_sampler_crops_the_noise_maps_with_the_slices():

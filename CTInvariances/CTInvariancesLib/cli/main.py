@@ -389,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="training crops for the final fit of a spatial cINN's output calibration (0: none)",
     )
     t.add_argument(
+        "--calibration-fit",
+        choices=("all", "mean"),
+        default="all",
+        help="that fit sets shift and scale (all) or the shift only, keeping the trained scale (mean)",
+    )
+    t.add_argument(
         "--patch", type=opt.int_in(16, 1024), help="crop size (spatial engines; default: the cVAE's)"
     )
     t.add_argument("--init", metavar="CINN", help="fine-tune: start from this trained cINN's weights")
@@ -809,6 +815,7 @@ def _train_cinn(args) -> int:
         patch=args.patch,
         init=args.init,
         calibration_crops=args.calibration_crops,
+        calibration_fit=args.calibration_fit,
         invariance_weight=args.invariance_weight,
         invariance_batch=args.invariance_batch,
         power_weight=args.power_weight,

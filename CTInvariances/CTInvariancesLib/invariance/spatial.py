@@ -449,18 +449,20 @@ class OutputCalibration(nn.Module):
         return v * s.exp() + m
 
     @torch.no_grad()
-    def fit(self, u: torch.Tensor, cov: torch.Tensor, iterations: int = 200) -> dict:
+    def fit(self, u: torch.Tensor, cov: torch.Tensor, iterations: int = 200, scale: bool = True) -> dict:
         """Maximum likelihood of (m, s) for flow outputs ``u`` [N, C, h, w] before this layer and
         their covariates ``cov`` [N, 4, h, w]: minimises the mean over elements of
-        0.5 ((u - m) exp(-s))^2 + s (L-BFGS in float64, from the current values). Returns the
-        Gaussian NLL per element before and after."""
+        0.5 ((u - m) exp(-s))^2 + s (L-BFGS in float64, from the current values). ``scale`` False:
+        m only, s kept (the scale a power-guarded fine-tune set). Returns the Gaussian NLL per
+        element before and after."""
         c = u.shape[1]
         uu = u.double().transpose(0, 1).reshape(c, -1)  # [C, P]
         kk = cov.double().transpose(0, 1).reshape(cov.shape[1], -1)  # [4, P]
         params = torch.stack([self.m.detach(), self.s.detach()]).double().requires_grad_(True)
+        fixed_s = self.s.detach().double()
 
         def nll(p: torch.Tensor) -> torch.Tensor:
-            m, s = p[0].T @ kk, p[1].T @ kk  # [C, P]
+            m, s = p[0].T @ kk, (p[1] if scale else fixed_s).T @ kk  # [C, P]
             return (0.5 * ((uu - m) * (-s).exp()) ** 2 + s).mean() + 0.5 * math.log(2 * math.pi)
 
         before = float(nll(params))
@@ -475,7 +477,8 @@ class OutputCalibration(nn.Module):
 
         opt.step(closure)
         self.m.copy_(params[0].detach().to(self.m.dtype))
-        self.s.copy_(params[1].detach().to(self.s.dtype))
+        if scale:
+            self.s.copy_(params[1].detach().to(self.s.dtype))
         return {"nll_before": before, "nll_after": float(nll(params))}
 
 

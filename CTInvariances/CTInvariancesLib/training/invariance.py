@@ -659,6 +659,9 @@ class CINNTrainingConfig:
     init: str | None = None  # start from this cINN's weights (fine-tuning; see _warm_start)
     # crops whose latents fit the spatial cINN's output calibration at the end (0: no fit)
     calibration_crops: int = 1024
+    # what that fit sets: "all" (shift and scale) or "mean" (shift only: the scale stays as trained,
+    # so a power-guarded fine-tune's sample power is not undone; README spatial item 7)
+    calibration_fit: str = "all"
     # weight of the invariance term (spatial engines): mean |f(x~) - f(x)|^2 of decoded cINN samples
     # x~ over mean |x~ - f(x)|^2, added to the NLL so that what the samples vary is what f ignores
     invariance_weight: float = 0.0
@@ -703,6 +706,8 @@ class CINNTrainer(_Checkpointed):
             )
         if cfg.invariance_weight > 0 and not isinstance(cinn_cfg, SpatialCINNConfig):
             raise CTInvariancesError("--invariance-weight needs a spatial engine", cfg.cvae)
+        if cfg.calibration_fit not in ("all", "mean"):
+            raise CTInvariancesError(f"calibration fit must be 'all' or 'mean', got {cfg.calibration_fit!r}")
         self.model = build_cinn(cinn_cfg, seed=cfg.seed).to(self.device)
         self.init_from = None
         if cfg.init:
@@ -811,8 +816,9 @@ class CINNTrainer(_Checkpointed):
             us.append(u.float().cpu())
             covs.append(layer.covariates(level, fx).float().cpu())
             n += len(z)
-        fit = layer.fit(torch.cat(us), torch.cat(covs))
+        fit = layer.fit(torch.cat(us), torch.cat(covs), scale=self.cfg.calibration_fit == "all")
         return {
+            "fit": self.cfg.calibration_fit,
             "crops": n,
             "crop_px": int(fx.shape[-1]),
             "nll_per_dim_before": round(fit["nll_before"], 5),
