@@ -408,3 +408,20 @@ def test_bundled_spatial_cinn_samples_have_the_power_of_x_and_follow_its_noise(a
     smooth_sd = np.sqrt(ndimage.gaussian_filter(sd.astype(np.float64) ** 2, 6.0))
     corr = np.corrcoef(np.log(smooth_sd[inner]), np.log(slice_noise_map(x, px)[inner]))[0, 1]
     assert corr >= 0.8, corr
+
+
+def test_radial_band_power_puts_each_frequency_in_its_ring():
+    """The spectrum term's bands (train cinn --spectrum-weight): a cosine lands in the ring of its
+    frequency, white noise is flat, smoothed noise falls off."""
+    from CTInvariancesLib.training.invariance import radial_band_power
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    wave = torch.cos(2 * math.pi * 19 / 64 * xx)[None, None]  # 0.297 cycles/px: ring int(0.297 / 0.5 * 8) = 4
+    bands = radial_band_power(wave)
+    assert int(bands.argmax()) == 4 and float(bands[4]) > 100 * float(bands[[0, 1, 2, 6, 7]].max())
+    g = torch.Generator().manual_seed(0)
+    white = radial_band_power(torch.randn(16, 1, 64, 64, generator=g))
+    assert float(white.max() / white.min()) < 1.3
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(16, 1, 68, 68, generator=g), 5, stride=1)
+    falls = radial_band_power(smooth)
+    assert bool((falls[1:4] < falls[:3]).all()) and float(falls[0] / falls[5]) > 20

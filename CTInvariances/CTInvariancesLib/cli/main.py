@@ -418,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --invariance-weight: this weight x log(power of x~ - f(x) / power of x - f(x))^2, "
         "inside and outside the body, keeps the samples as loud as x",
     )
+    t.add_argument(
+        "--spectrum-weight",
+        type=opt.non_negative_float,
+        default=0.0,
+        help="with --invariance-weight: this weight x the spread over radial frequency bands of "
+        "log(band power of x~ - f(x) / that of x - f(x)) keeps x's noise spectrum (texture)",
+    )
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
@@ -819,6 +826,7 @@ def _train_cinn(args) -> int:
         invariance_weight=args.invariance_weight,
         invariance_batch=args.invariance_batch,
         power_weight=args.power_weight,
+        spectrum_weight=args.spectrum_weight,
     )
     if args.steps == 0 and not args.init:
         raise CTInvariancesError("--steps 0 needs --init (a trained cINN whose calibration is fitted)")

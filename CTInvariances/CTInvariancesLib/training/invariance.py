@@ -670,7 +670,25 @@ class CINNTrainingConfig:
     # term buys its ratio with variation f removes (high frequencies) beyond what x has (measured);
     # the same default as `train cinn --power-weight`
     power_weight: float = 10.0
+    # with it, this weight x the variance over radial frequency bands of log(band power of x~ - f(x) /
+    # band power of x - f(x)) over the crop: the samples' residual keeps x's spectral shape (the power
+    # term alone let redcnn's fine-tune move its variation to high frequencies, 3x the reference's)
+    spectrum_weight: float = 0.0
     model_config: CINNConfig | SpatialCINNConfig | None = None  # default: the layout that goes with the cVAE
+
+
+def radial_band_power(images: torch.Tensor, bands: int = 8) -> torch.Tensor:
+    """Mean power per radial frequency band (``bands`` equal-width rings from 0 to Nyquist; the
+    corners beyond go to the last) of a batch [B, 1, H, W], summed over the batch; differentiable."""
+    power = torch.fft.rfft2(images.float()).abs() ** 2
+    h, w = images.shape[-2:]
+    fy = torch.fft.fftfreq(h, device=images.device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=images.device)[None, :]
+    ring = ((fy**2 + fx**2).sqrt() / 0.5 * bands).long().clamp(max=bands - 1).flatten()
+    per_freq = power.sum(dim=(0, 1)).flatten()
+    total = torch.zeros(bands, device=images.device).index_add(0, ring, per_freq)
+    count = torch.zeros(bands, device=images.device).index_add(0, ring, torch.ones_like(per_freq))
+    return total / count
 
 
 class CINNTrainer(_Checkpointed):
@@ -760,20 +778,25 @@ class CINNTrainer(_Checkpointed):
         nll = 0.5 * (v**2).mean() - logdet.mean() / v[0].numel()
         loss, out = nll, {}
         if self.cfg.invariance_weight > 0:
-            inv, power = self._invariance_terms(x, fx, noise)
+            inv, power, shape = self._invariance_terms(x, fx, noise)
             realism = sum(p.log() ** 2 for p in power.values())
             loss = loss + self.cfg.invariance_weight * inv + self.cfg.power_weight * realism
-            out |= {"invariance": inv} | {f"power_ratio_{k}": p for k, p in power.items()}
+            loss = loss + self.cfg.spectrum_weight * shape
+            out |= {"invariance": inv, "spectrum_shape": shape}
+            out |= {f"power_ratio_{k}": p for k, p in power.items()}
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
         self.opt.step()
         return _scalars(nll=nll, v_std=v.detach().std(), **out)
 
-    def _invariance_terms(self, x: torch.Tensor, fx: torch.Tensor, noise) -> tuple[torch.Tensor, dict]:
+    def _invariance_terms(
+        self, x: torch.Tensor, fx: torch.Tensor, noise
+    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """For decoded samples x~ of the first crops: (mean |f(x~) - f(x)|^2 / mean |x~ - f(x)|^2,
         the share of the samples' variation that the denoiser still sees, 0 for an exact invariance;
-        {"body", "outside"}: mean |x~ - f(x)|^2 / mean |x - f(x)|^2 there, their realism in power).
+        {"body", "outside"}: mean |x~ - f(x)|^2 / mean |x - f(x)|^2 there, their realism in power;
+        the spread of the radial spectrum's log ratio, 0 when x~ - f(x) has x - f(x)'s shape).
         The first is a ratio so that less variation does not lower it (an absolute penalty, tried
         first, shrank the samples). f(x) is recomputed on the crop, so that crop borders affect both
         terms alike."""
@@ -798,7 +821,8 @@ class CINNTrainer(_Checkpointed):
             for name, m in (("body", body.float()), ("outside", (~body).float()))
             if float(m.sum()) >= 0.05 * m.numel()
         }
-        return share, ratios
+        log_ratio = (radial_band_power(samples - fx) / radial_band_power(x - fx).clamp_min(1e-12)).log()
+        return share, ratios, ((log_ratio - log_ratio.mean()) ** 2).mean()
 
     @torch.no_grad()
     def _fit_calibration(self, sampler: PatchSampler) -> dict | None:
@@ -873,11 +897,18 @@ class CINNTrainer(_Checkpointed):
                 f" + {cfg.invariance_weight:g} x mean|f(x~) - f(x)|^2 / mean|x~ - f(x)|^2 of "
                 f"{cfg.invariance_batch} decoded samples x~ per step + {cfg.power_weight:g} x "
                 "log(mean|x~ - f(x)|^2 / mean|x - f(x)|^2)^2 inside and outside the body (f(x) > -500 HU)"
+                + (
+                    f" + {cfg.spectrum_weight:g} x the variance over 8 radial bands of log(band power "
+                    "of x~ - f(x) / band power of x - f(x))"
+                    if cfg.spectrum_weight > 0
+                    else ""
+                )
                 if cfg.invariance_weight > 0
                 else ""
             ),
             "invariance_weight": cfg.invariance_weight,
             "power_weight": cfg.power_weight,
+            "spectrum_weight": cfg.spectrum_weight,
             "init": self.init_from,
             "calibration": calibration,
             "patch": self.cfg.patch,
