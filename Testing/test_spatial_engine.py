@@ -425,3 +425,26 @@ def test_radial_band_power_puts_each_frequency_in_its_ring():
     smooth = torch.nn.functional.avg_pool2d(torch.randn(16, 1, 68, 68, generator=g), 5, stride=1)
     falls = radial_band_power(smooth)
     assert bool((falls[1:4] < falls[:3]).all()) and float(falls[0] / falls[5]) > 20
+
+
+def test_spectrum_shape_term_is_blind_to_scale_and_pulls_the_texture_to_the_reference():
+    """The spectrum term: 0 for a louder copy of the reference's texture, large for white noise
+    against smooth noise, and gradient steps on it turn white noise towards the smooth texture."""
+    from CTInvariancesLib.training.invariance import radial_band_power, spectrum_shape_mismatch
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(8, 1, 68, 68, generator=g), 5, stride=1)
+    assert float(spectrum_shape_mismatch(3.0 * smooth, smooth)) < 1e-6
+    white = torch.randn(8, 1, 64, 64, generator=g)
+    start = float(spectrum_shape_mismatch(white, smooth))
+    white.requires_grad_(True)
+    assert start > 1.0
+    opt = torch.optim.Adam([white], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        spectrum_shape_mismatch(white, smooth).backward()
+        opt.step()
+    end = float(spectrum_shape_mismatch(white.detach(), smooth))
+    assert end < 0.1 * start, (start, end)
+    bands = radial_band_power(white.detach())
+    assert float(bands[0] / bands[-1]) > 20, bands  # the high frequencies were taken out

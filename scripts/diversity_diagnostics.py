@@ -20,7 +20,7 @@ then applies the default consistency step to each and prints, per sampler: the r
 the body, the raw power ratio (power of x~ - f(x) over that of x - f(x)), the consistent std-map
 median and its ratio to the noise sampler's, and the raw power ratio outside the body; and, per
 radial band, the power of the samples' deviations from their mean (raw and consistent) relative to
-the noise sampler's.
+the noise sampler's, and the power of the raw residual x~ - f(x) relative to that of x - f(x).
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def main() -> int:
         raw[f"cinn-T{args.temperature:g}"] = draw(learned, args.temperature)
     if "noise-matched" in wanted:
         raw[f"noise-T{power_noise ** -0.5:.2f}"] = draw(noise, power_noise**-0.5)
-    rows, spectra, consistent = {}, {}, {}
+    rows, spectra, consistent, residual_spectra = {}, {}, {}, {}
+    x_spectrum = np.array(radial_power(x - fx, body, BANDS))
     for kind, s in raw.items():
         t = time.perf_counter()
         cons = consistent[kind] = consistency_project(den, x, s, denoised_hu=fx).samples
@@ -130,6 +131,8 @@ def main() -> int:
             "seconds": time.perf_counter() - t,
         }
         spectra[kind] = (deviation_power(s, body), deviation_power(cons, body))
+        # realism of texture: the raw residual's radial spectrum against x - f(x)'s
+        residual_spectra[kind] = np.mean([radial_power(v - fx, body, BANDS) for v in s], 0) / x_spectrum
         print(kind, {k: round(v, 2) for k, v in rows[kind].items()}, flush=True)
     ref = rows["noise"]["consistent_std_hu"]
     print(f"\n{args.denoiser}, {name}, K = {args.samples}, default consistency step\n")
@@ -146,8 +149,12 @@ def main() -> int:
         if kind != "noise":
             print(f"{kind:12s} raw  {np.round(a / spectra['noise'][0], 2).tolist()}")
             print(f"{'':12s} cons {np.round(b / spectra['noise'][1], 2).tolist()}")
+    print("\nraw residual x~ - f(x): power per radial band (low -> Nyquist) relative to x - f(x)'s")
+    for kind, r in residual_spectra.items():
+        print(f"{kind:12s} {np.round(r, 2).tolist()}")
     if args.out:
         Path(args.out).write_text(json.dumps({
+            "residual_power_vs_x": {k: r.tolist() for k, r in residual_spectra.items()},
             "denoiser": args.denoiser, "slice": name, "samples": args.samples, "rows": rows,
             "deviation_power_vs_noise": {k: {"raw": (a / spectra["noise"][0]).tolist(),
                                              "consistent": (b / spectra["noise"][1]).tolist()}

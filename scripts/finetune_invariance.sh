@@ -9,8 +9,8 @@
 # crops, batch 64), its output calibration refitted at the end; then
 # scripts/diversity_diagnostics.py (noise and cinn samplers, held-out slice SLICE, K = SAMPLES) into
 # OUT/diversity-<denoiser>.json and .log. The bundled cVAE is copied beside the cINNs.
-# W, P, CALIB, SLICE, SAMPLES: environment variables (defaults 8, 10, 512 crops for the calibration
-# refit (0: none), 2 = abdomen k 16, 4).
+# W, P, S, CALIB, FIT, SLICE, SAMPLES: environment variables (defaults 8, 10, spectrum weight 0, 512
+# crops for the calibration refit (0: none), that refit's --calibration-fit all, 2 = abdomen k 16, 4).
 set -eu
 OUT=${1:?usage: finetune_invariance.sh OUT [MINUTES] [DENOISERS...]}
 MIN=${2:-9}
@@ -27,7 +27,8 @@ cp "$BUNDLED/cvae.safetensors" "$BUNDLED/cvae.json" "$OUT/"
 for d in $DENOISERS; do
     $PY -m CTInvariancesLib.cli.main train cinn --denoiser "$d" --cvae "$BUNDLED" --out "$OUT" \
         --init "$BUNDLED/cinn-$d.safetensors" --steps 100000 --time-limit "$MIN" $SIZE \
-        --invariance-weight "${W:-8}" --power-weight "${P:-10}" --calibration-crops "${CALIB:-512}" \
+        --invariance-weight "${W:-8}" --power-weight "${P:-10}" --spectrum-weight "${S:-0}" \
+        --calibration-crops "${CALIB:-512}" --calibration-fit "${FIT:-all}" \
         --checkpoint-every 25 --device "$DEV" 2>&1 | tail -1
     $PY "$HERE/scripts/diversity_diagnostics.py" --denoiser "$d" --slice "${SLICE:-2}" \
         --samples "${SAMPLES:-4}" --samplers noise cinn --cvae "$OUT" --device "$DEV" \

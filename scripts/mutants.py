@@ -448,6 +448,17 @@ MUTANTS = (
         ("Testing/test_lowdose.py::test_simulate_slices_gives_each_slice_its_own_i0_and_seeds",),
     ),
     Mutant(
+        "spectrum-term-sees-scale",
+        "the spectrum term penalises a louder copy of x's texture (power has its own term)",
+        LIB + "training/invariance.py",
+        "    return ((log_ratio - log_ratio.mean()) ** 2).mean()",
+        "    return (log_ratio**2).mean()",
+        (
+            "Testing/test_spatial_engine.py::"
+            "test_spectrum_shape_term_is_blind_to_scale_and_pulls_the_texture_to_the_reference",
+        ),
+    ),
+    Mutant(
         "slicer-bad-node-unchecked",
         "a volume node without usable data is written and handed to the CLI",
         "CTInvariances/CTInvariancesSlicer/logic.py",

@@ -691,6 +691,13 @@ def radial_band_power(images: torch.Tensor, bands: int = 8) -> torch.Tensor:
     return total / count
 
 
+def spectrum_shape_mismatch(residual: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Variance over radial bands of log(band power of ``residual`` / that of ``reference``): 0 when
+    the two spectra have the same shape at any scale (the power term sets the scale)."""
+    log_ratio = (radial_band_power(residual) / radial_band_power(reference).clamp_min(1e-12)).log()
+    return ((log_ratio - log_ratio.mean()) ** 2).mean()
+
+
 class CINNTrainer(_Checkpointed):
     """``denoiser`` may be a loaded :class:`Denoiser` instead of ``cfg.denoiser``; ``source`` as
     for :class:`CVAETrainer`."""
@@ -821,8 +828,7 @@ class CINNTrainer(_Checkpointed):
             for name, m in (("body", body.float()), ("outside", (~body).float()))
             if float(m.sum()) >= 0.05 * m.numel()
         }
-        log_ratio = (radial_band_power(samples - fx) / radial_band_power(x - fx).clamp_min(1e-12)).log()
-        return share, ratios, ((log_ratio - log_ratio.mean()) ** 2).mean()
+        return share, ratios, spectrum_shape_mismatch(samples - fx, x - fx)
 
     @torch.no_grad()
     def _fit_calibration(self, sampler: PatchSampler) -> dict | None:
