@@ -963,7 +963,10 @@ def _sigkill_cases() -> list[Case]:
     def slow(command: str):
         def build(d: Path) -> list[str]:
             den = "custom_denoisers:slow_identity" if command != "simulate-low-dose" else None
-            return _cmd(command, dicom_series(d / "series", n=4), denoiser=den)
+            # denoise reports progress per batch (4 slices by default): with one batch for all four,
+            # its only progress line came as it finished, and the kill raced the written output
+            extra = ("--batch-size", "1") if command == "denoise" else ()
+            return _cmd(command, dicom_series(d / "series", n=4), *extra, denoiser=den)
 
         return build
 

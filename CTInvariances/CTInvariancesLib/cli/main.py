@@ -1115,27 +1115,31 @@ def _probe_mask(args) -> int:
 
 
 def _simulate_volume(vol, sim, seed: int, progress=None):
-    """``vol`` (full dose) through the simulator ``sim`` slice by slice, each seeded by its index in
-    the input (so --slices picks the same noise); returns the low-dose volume and the I0 per slice."""
+    """``vol`` (full dose) through the simulator ``sim``, each slice seeded by its index in the input
+    (so --slices picks the same noise); returns the low-dose volume and the I0 per slice. Slices go
+    through in batches that share FBP's ray geometry (``simulate_slices``)."""
     import numpy as np
 
     from ..io.volume import restore_padding, without_padding
-    from ..lowdose import slice_seed
+    from ..lowdose import FBP_BATCH, slice_seed
 
     pixel_mm = (vol.spacing[1], vol.spacing[0])
     out = np.empty_like(vol.array)
     i0s = []
-    for k in range(vol.shape[0]):
-        padding, x = vol.padding_mask(k), vol.array[k]
+    for start in range(0, vol.shape[0], FBP_BATCH):
+        ks = range(start, min(start + FBP_BATCH, vol.shape[0]))
+        paddings = [vol.padding_mask(k) for k in ks]
+        stack = np.stack([without_padding(vol.array[k], p) for k, p in zip(ks, paddings)])
+        seeds = [[slice_seed(seed, vol.source_slice_indices[k])] for k in ks]
         try:
-            seed_k = slice_seed(seed, vol.source_slice_indices[k])
-            low, i0 = sim.simulate(without_padding(x, padding), pixel_mm, seed_k)
+            low, batch_i0 = sim.simulate_slices(stack, pixel_mm, seeds)
         except ValueError as exc:
             raise CTInvariancesError(str(exc), vol.source) from None
-        out[k] = restore_padding(low, x, padding)
-        i0s.append(i0)
+        for k, p, low_k, i0 in zip(ks, paddings, low[:, 0], batch_i0):
+            out[k] = restore_padding(low_k, vol.array[k], p)
+            i0s.append(float(i0))
         if progress:
-            progress(1)
+            progress(len(ks))
     return vol.with_array(out), i0s
 
 
