@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CTInvariancesError
 from .io import read_volume
-from .lowdose import FBP_BATCH, LowDoseSettings, LowDoseSimulator, slice_seed
+from .lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
 
 
 @dataclass(frozen=True)
@@ -126,18 +126,14 @@ def make_pairs(
         array, spacing = source_volume(src)
         pixel_mm = (spacing[1], spacing[0])
         ks = list(getattr(src, split))
-        for at in range(0, len(ks), FBP_BATCH):  # a series' slices share FBP's ray geometry
-            batch = ks[at : at + FBP_BATCH]
-            seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in batch]
-            lows, batch_i0 = sim.simulate_slices(array[batch], pixel_mm, seeds)
-            for k, low_k, i0 in zip(batch, lows, batch_i0):
-                for r in range(realisations):
-                    ld.append(low_k[r])
-                    fd.append(array[k])
-                    names.append(f"{Path(src.folder).name}[{k}]#{r}")
-                    i0s.append(float(i0))
-            if progress:
-                progress(len(batch))
+        seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in ks]
+        lows, src_i0 = sim.simulate_slices(array[ks], pixel_mm, seeds, progress)
+        for k, low_k, i0 in zip(ks, lows, src_i0):
+            for r in range(realisations):
+                ld.append(low_k[r])
+                fd.append(array[k])
+                names.append(f"{Path(src.folder).name}[{k}]#{r}")
+                i0s.append(float(i0))
     out = {
         "ld": np.stack(ld).astype(np.float32),
         "fd": np.stack(fd).astype(np.float32),

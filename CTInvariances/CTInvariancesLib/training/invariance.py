@@ -88,7 +88,7 @@ def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: i
     if not data:
         return make_pairs("train", dose_fraction, realisations, seed)
     from ..io import read_volume
-    from ..lowdose import FBP_BATCH, LowDoseSettings, LowDoseSimulator, slice_seed
+    from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
 
     ld, names, pixels = [], [], []
     sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
@@ -97,15 +97,13 @@ def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: i
         pixel_mm = (vol.spacing[1], vol.spacing[0])
         if vol.array.shape[1] < 64 or vol.array.shape[2] < 64:
             raise CTInvariancesError("slices smaller than 64x64 pixels cannot be used for training", path)
-        for at in range(0, len(vol.array), FBP_BATCH):  # a volume's slices share FBP's ray geometry
-            ks = range(at, min(at + FBP_BATCH, len(vol.array)))
-            seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in ks]
-            lows, _ = sim.simulate_slices(vol.array[at : ks.stop], pixel_mm, seeds)
-            for k, low_k in zip(ks, lows):
-                for r in range(realisations):
-                    ld.append(low_k[r])
-                    names.append(f"{Path(path).name}[{k}]#{r}")
-                    pixels.append(pixel_mm)
+        seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in range(len(vol.array))]
+        lows, _ = sim.simulate_slices(vol.array, pixel_mm, seeds)
+        for k, low_k in enumerate(lows):
+            for r in range(realisations):
+                ld.append(low_k[r])
+                names.append(f"{Path(path).name}[{k}]#{r}")
+                pixels.append(pixel_mm)
     return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names), "pixel_mm": np.array(pixels)}
 
 
