@@ -144,3 +144,11 @@ def test_simulate_slices_gives_each_slice_its_own_i0_and_seeds():
             assert np.array_equal(ld[n, r], one.simulate(slices[n], (1.5, 1.5), seeds[n][r])[0])
     with pytest.raises(ValueError, match="as many seeds for each"):
         sim.simulate_slices(slices, (1.5, 1.5), [[1, 2], [3]])
+    # a smaller FBP batch (what simulate-low-dose picks under a memory limit): slice by slice, as
+    # the progress calls show, and the same images
+    calls = []
+    small = LowDoseSimulator(LowDoseSettings(dose_fraction=0.25), fbp_batch=1)
+    ld1, i0s1 = small.simulate_slices(slices, (1.5, 1.5), seeds, progress=calls.append)
+    assert calls == [1, 1] and np.array_equal(ld1, ld) and np.array_equal(i0s1, i0s)
+    with pytest.raises(ValueError, match="fbp_batch must be at least 1"):
+        LowDoseSimulator(fbp_batch=0)

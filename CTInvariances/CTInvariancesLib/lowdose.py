@@ -30,7 +30,18 @@ import torch.nn.functional as F
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at ~70 keV (120 kVp effective), 1/mm
 _REFERENCE_I0 = 1.0e5
-FBP_BATCH = 16  # noise images reconstructed together (~540 MB of gathered rays at 512 x 512)
+FBP_BATCH = 16  # slices (noise images) reconstructed together: FBP's ray geometry once per batch
+
+
+def simulation_memory_bytes(shape: tuple[int, int], n_views: int, batch: int) -> float:
+    """Working memory of simulating ``batch`` slices of ``shape`` together (one realisation each),
+    rounded up from peak RSS measured on this simulator (512 x 512, 20-slice abdomen series, 2-core
+    CPU): one slice 1,200 B per pixel + 60 kB per view; each further slice of the batch 150 B per
+    pixel + 45 kB per view (measured 125 B and 35 kB: 16 slices at 576 views 0.80 GB above one
+    slice, at 2,304 views 1.66 GB above). Views scale with the image width over 512 pixels."""
+    pixels = float(shape[0] * shape[1])
+    views = n_views * max(shape) / 512.0
+    return 1200 * pixels + 60e3 * views + (batch - 1) * (150 * pixels + 45e3 * views)
 
 
 @dataclass(frozen=True)
@@ -286,9 +297,16 @@ class LowDoseSimulator:
     used. With ``settings.i0`` None, I0 is estimated from each slice's own noise.
     """
 
-    def __init__(self, settings: LowDoseSettings | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, settings: LowDoseSettings | None = None, device: str = "cpu", fbp_batch: int = FBP_BATCH
+    ) -> None:
         self.settings = settings or LowDoseSettings()
         self.device = torch.device(device)
+        if fbp_batch < 1:
+            raise ValueError(f"fbp_batch must be at least 1, got {fbp_batch}")
+        # slices / noise images reconstructed together: faster per slice, more memory
+        # (simulation_memory_bytes); the images do not depend on it
+        self.fbp_batch = int(fbp_batch)
         if not 0.0 < self.settings.dose_fraction < 1.0:
             raise ValueError(f"dose fraction must be in (0, 1), got {self.settings.dose_fraction}")
 
@@ -297,15 +315,15 @@ class LowDoseSimulator:
 
     def _noise_images(self, jobs, shape, pixel_mm, electronic: bool = True) -> torch.Tensor:
         """Noise images [N, H, W] (HU) for ``jobs`` of (line integrals, dose fraction, I0, seed), all
-        on one image grid: reconstructed FBP_BATCH at a time, so FBP's ray geometry (its costly part)
+        on one image grid: reconstructed ``fbp_batch`` at a time, so FBP's ray geometry (its costly part)
         is computed once per batch instead of once per image."""
         s = self.settings
         e = s.electronic_noise if electronic else 0.0
         out = []
-        for i in range(0, len(jobs), FBP_BATCH):
+        for i in range(0, len(jobs), self.fbp_batch):
             sinos = torch.stack(
                 [noise_sinogram(p, a, i0, e, torch.Generator().manual_seed(int(seed)))
-                 for p, a, i0, seed in jobs[i : i + FBP_BATCH]]
+                 for p, a, i0, seed in jobs[i : i + self.fbp_batch]]
             )
             out.append(mu_to_hu_delta(fbp(sinos.to(self.device), shape, pixel_mm, s.geometry)))
         return torch.cat(out)
@@ -353,7 +371,7 @@ class LowDoseSimulator:
         realisation r of slice n. Returns the low-dose slices [N, R, H, W] (HU, float32) and each
         slice's I0 (the settings' or, if None, estimated from that slice as ``estimate_i0`` does).
 
-        Slices go FBP_BATCH at a time (``progress(n)`` after each batch): their I0 references and
+        Slices go ``fbp_batch`` at a time (``progress(n)`` after each batch): their I0 references and
         then their noise images are reconstructed together, so FBP's ray geometry is computed once
         per batch (2.1x faster per slice than one by one, benchmarks/bench_lowdose.py), with the
         same images as slice by slice."""
@@ -366,8 +384,8 @@ class LowDoseSimulator:
         shape = slices.shape[1:]
         ld = np.empty((len(slices), len(seeds[0]), *shape), np.float32)
         i0s = []
-        for at in range(0, len(slices), FBP_BATCH):
-            batch = slices[at : at + FBP_BATCH]
+        for at in range(0, len(slices), self.fbp_batch):
+            batch = slices[at : at + self.fbp_batch]
             hus = [torch.as_tensor(sl, device=self.device) for sl in batch]
             for hu in hus:
                 self._check_fov(hu, pixel_mm)
@@ -377,7 +395,7 @@ class LowDoseSimulator:
             else:
                 refs = self._reference_noise(ps, shape, pixel_mm)
                 batch_i0 = [self._i0_from_reference(sl, ref) for sl, ref in zip(batch, refs)]
-            rows = seeds[at : at + FBP_BATCH]
+            rows = seeds[at : at + self.fbp_batch]
             jobs = [(p, s.dose_fraction, i0, seed) for p, i0, row in zip(ps, batch_i0, rows) for seed in row]
             noise = self._noise_images(jobs, shape, pixel_mm).cpu().numpy()
             ld[at : at + len(batch)] = batch[:, None] + noise.reshape(len(batch), -1, *shape)
@@ -407,7 +425,7 @@ class LowDoseSimulator:
 
         The photon statistics follow the anatomy's line integrals (streaks and higher noise behind
         thick or dense structures), the texture is the simulator's FBP texture. Reconstructed
-        FBP_BATCH at a time.
+        ``fbp_batch`` at a time.
         """
         hu = torch.as_tensor(np.asarray(slice_hu), dtype=torch.float32, device=self.device)
         p = noise_line_integrals(hu, pixel_mm, self.settings.geometry)

@@ -602,8 +602,8 @@ def cmd_simulate(args) -> int:
         electronic_noise=args.electronic_noise,
         geometry=FanBeamGeometry(filter=args.filter, n_views=args.views),
     )
-    _check_simulation_size(out, vol, args.views, args.max_memory)
-    sim = LowDoseSimulator(settings, device=device)
+    batch = _simulation_batch(out, vol, args.views, args.max_memory)
+    sim = LowDoseSimulator(settings, device=device, fbp_batch=batch)
     with _progress(vol.shape[0], "simulate") as bar:
         low, i0s = _simulate_volume(vol, sim, args.seed, bar.update)
     write_volume(low, out)
@@ -915,24 +915,40 @@ def _check_job_size(out: Path, vol, n_samples: int, n_outputs: int, max_memory_g
     )
 
 
-def _check_simulation_size(out: Path, vol, n_views: int, max_memory_gb=None) -> None:
-    """Disk: one float32 volume; memory: input and output volumes plus one slice's projection work,
-    measured on this project's simulator (512 x 512: about 0.3 GB at 576 views, 1.1 GB at 20,000)
-    and rounded up: 1,200 bytes per pixel plus 60 kB per view per 512 detector pixels."""
+def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
+    """How many slices to simulate together (FBP batch): the most, up to FBP_BATCH, whose working
+    memory (the input and output volumes plus ``simulation_memory_bytes``) fits what is available
+    or ``max_memory_gb``; fewer only costs time. Refuses before any work when not even one slice
+    fits, or when the output does not fit on the disk."""
     import numpy as np
 
-    from ..files import check_resources
+    from ..files import available_memory_bytes, check_resources
+    from ..lowdose import FBP_BATCH, simulation_memory_bytes
 
     voxels = float(np.prod(vol.shape))
-    slice_px = float(vol.shape[1] * vol.shape[2])
-    width = max(vol.shape[1], vol.shape[2]) / 512.0
+    shape = (vol.shape[1], vol.shape[2])
+
+    def need(batch: int) -> float:
+        return 8 * voxels + simulation_memory_bytes(shape, n_views, batch)
+
+    limit = max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
+    full = batch = min(FBP_BATCH, vol.shape[0])
+    while batch > 1 and limit is not None and need(batch) > limit:
+        batch -= 1
+    if batch < full and need(batch) <= limit:
+        print(
+            f"note: simulating {batch} slice{'s' if batch > 1 else ''} at a time (instead of {full}) "
+            f"to stay within {limit / 2**30:.2f} GB of memory; slower, same images",
+            file=sys.stderr,
+        )
     check_resources(
         out,
         disk_bytes=4 * voxels,
-        memory_bytes=8 * voxels + 1200 * slice_px + 60e3 * n_views * width,
+        memory_bytes=need(batch),
         max_memory_gb=max_memory_gb,
         advice="simulate fewer slices at a time (--slices) or use fewer --views",
     )
+    return batch
 
 
 def _make_sampler(args, den, device):
@@ -1117,17 +1133,17 @@ def _probe_mask(args) -> int:
 def _simulate_volume(vol, sim, seed: int, progress=None):
     """``vol`` (full dose) through the simulator ``sim``, each slice seeded by its index in the input
     (so --slices picks the same noise); returns the low-dose volume and the I0 per slice. Slices go
-    through in batches that share FBP's ray geometry (``simulate_slices``)."""
+    through in batches of ``sim.fbp_batch`` that share FBP's ray geometry (``simulate_slices``)."""
     import numpy as np
 
     from ..io.volume import restore_padding, without_padding
-    from ..lowdose import FBP_BATCH, slice_seed
+    from ..lowdose import slice_seed
 
     pixel_mm = (vol.spacing[1], vol.spacing[0])
     out = np.empty_like(vol.array)
     i0s = []
-    for start in range(0, vol.shape[0], FBP_BATCH):
-        ks = range(start, min(start + FBP_BATCH, vol.shape[0]))
+    for start in range(0, vol.shape[0], sim.fbp_batch):
+        ks = range(start, min(start + sim.fbp_batch, vol.shape[0]))
         paddings = [vol.padding_mask(k) for k in ks]
         stack = np.stack([without_padding(vol.array[k], p) for k, p in zip(ks, paddings)])
         seeds = [[slice_seed(seed, vol.source_slice_indices[k])] for k in ks]
@@ -1172,7 +1188,9 @@ def cmd_run(args) -> int:
     if args.simulate_dose is not None:
         from ..lowdose import LowDoseSettings, LowDoseSimulator
 
-        sim = LowDoseSimulator(LowDoseSettings(dose_fraction=args.simulate_dose), device=device)
+        settings = LowDoseSettings(dose_fraction=args.simulate_dose)
+        batch = _simulation_batch(out, vol, settings.geometry.n_views, args.max_memory)
+        sim = LowDoseSimulator(settings, device=device, fbp_batch=batch)
         vol, _ = _simulate_volume(vol, sim, args.seed)
     _check_job_size(out, vol, args.samples, len(names) * (args.samples + 4 + len(probes)), args.max_memory)
     dens = [_load_denoiser(argparse.Namespace(**{**vars(args), "denoiser": n}), device) for n in names]
