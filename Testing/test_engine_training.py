@@ -194,28 +194,32 @@ def test_invariance_term_puts_the_samples_variation_where_the_denoiser_does_not_
     assert power_inv >= 0.9 * power_ml, got
 
 
-def test_spectrum_term_enters_the_fine_tunes_gradient(clip_engine, tmp_path):
-    """`train cinn --spectrum-weight`: the term is logged and changes the update (same seed, same
-    crops, only the weight differs). What the term does is tested on its own in
-    test_spatial_engine.py; this catches a trainer that computes it and leaves it out of the loss."""
+def test_spectrum_and_moment_terms_enter_the_fine_tunes_gradient(clip_engine, tmp_path):
+    """`train cinn --spectrum-weight` and `--moment-weight`: each term is logged and changes the
+    update (same seed, same crops, only its weight differs). What the terms do is tested on their own
+    in test_spatial_engine.py; this catches a trainer that computes one and leaves it out of the loss."""
     weights = {}
-    for spectrum in (0.0, 50.0):
-        out = tmp_path / f"s{spectrum:g}"
+    runs = {"none": {}, "spectrum": {"spectrum_weight": 50.0}, "moments": {"moment_weight": 50.0}}
+    for name, extra in runs.items():
+        out = tmp_path / name
         CINNTrainer(
             CINNTrainingConfig(out=str(out), denoiser="clip", cvae=str(clip_engine / "cvae"),
                                model_config=TINY_SPATIAL_CINN, steps=2, batch_size=8, lr=1e-3,
                                device="cpu", checkpoint_every=1000, invariance_weight=1.0,
-                               invariance_batch=8, power_weight=0.0, spectrum_weight=spectrum,
-                               init=str(clip_engine / "cinn" / "cinn-clip.safetensors")),
+                               invariance_batch=8, power_weight=0.0,
+                               init=str(clip_engine / "cinn" / "cinn-clip.safetensors"), **extra),
             SINGLE, source=SyntheticSource(clip_bright, 2), denoiser=Denoiser(clip_bright, "clip"),
         ).run(progress=False)
         inn, card = load_cinn(out / "cinn-clip.safetensors")
-        assert card["training"]["spectrum_weight"] == spectrum
-        log = (out / "log-cinn-clip.jsonl").read_text()
-        assert '"spectrum_shape"' in log, log[:300]
-        weights[spectrum] = inn.state_dict()
-    moved = max(float((weights[50.0][k] - v).abs().max()) for k, v in weights[0.0].items())
-    assert moved > 1e-6, "the spectrum weight did not change the fine-tune"
+        for key, value in extra.items():
+            assert card["training"][key] == value
+        if name != "none":
+            log = (out / "log-cinn-clip.jsonl").read_text()
+            assert {"spectrum": '"spectrum_shape"', "moments": '"moments"'}[name] in log, log[:300]
+        weights[name] = inn.state_dict()
+    for name in ("spectrum", "moments"):
+        moved = max(float((weights[name][k] - v).abs().max()) for k, v in weights["none"].items())
+        assert moved > 1e-6, f"the {name} weight did not change the fine-tune"
 
 
 def test_identity_denoiser_leaves_nothing_to_vary(tmp_path, torch_threads):

@@ -448,3 +448,25 @@ def test_spectrum_shape_term_is_blind_to_scale_and_pulls_the_texture_to_the_refe
     assert end < 0.1 * start, (start, end)
     bands = radial_band_power(white.detach())
     assert float(bands[0] / bands[-1]) > 20, bands  # the high frequencies were taken out
+
+
+def test_latent_moment_term_is_zero_at_the_standard_normal_and_pulls_the_moments_there():
+    """The moment term (train cinn --moment-weight): about 0 for N(0, 1) latents, mean^2 + log(std)^2
+    per channel otherwise, and its gradient brings a shifted, squeezed channel back."""
+    from CTInvariancesLib.training.invariance import latent_moment_mismatch
+
+    torch.manual_seed(0)
+    v = torch.randn(16, 3, 32, 32)
+    assert float(latent_moment_mismatch(v)) < 1e-3
+    off = v.clone()
+    off[:, 1] = off[:, 1] * 0.5 + 0.4  # one channel: mean 0.4, std 0.5
+    expected = 0.4**2 + np.log(0.5) ** 2
+    assert float(latent_moment_mismatch(off)) == pytest.approx(expected, rel=0.02, abs=2e-3)
+    shift = torch.zeros(1, 3, 1, 1, requires_grad=True)
+    log_scale = torch.zeros(1, 3, 1, 1, requires_grad=True)
+    opt = torch.optim.Adam([shift, log_scale], lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        latent_moment_mismatch(off * log_scale.exp() + shift).backward()
+        opt.step()
+    assert float(latent_moment_mismatch((off * log_scale.exp() + shift).detach())) < 1e-3

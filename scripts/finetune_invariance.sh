@@ -9,8 +9,10 @@
 # crops, batch 64), its output calibration refitted at the end; then
 # scripts/diversity_diagnostics.py (noise and cinn samplers, held-out slice SLICE, K = SAMPLES) into
 # OUT/diversity-<denoiser>.json and .log. The bundled cVAE is copied beside the cINNs.
-# W, P, S, CALIB, FIT, SLICE, SAMPLES: environment variables (defaults 8, 10, spectrum weight 0, 512
-# crops for the calibration refit (0: none), that refit's --calibration-fit all, 2 = abdomen k 16, 4).
+# W, P, S, M, CALIB, FIT, SLICE, SAMPLES: environment variables (defaults 8, 10, spectrum weight 0,
+# moment weight 0, 512 crops for the calibration refit (0: none), that refit's --calibration-fit all,
+# 2 = abdomen k 16, 4). INIT: a folder whose cinn-<denoiser>.safetensors to start from (default
+# the bundled cINNs; another fine-tune's OUT continues it with a fresh optimiser).
 set -eu
 OUT=${1:?usage: finetune_invariance.sh OUT [MINUTES] [DENOISERS...]}
 MIN=${2:-9}
@@ -26,8 +28,9 @@ mkdir -p "$OUT"
 cp "$BUNDLED/cvae.safetensors" "$BUNDLED/cvae.json" "$OUT/"
 for d in $DENOISERS; do
     $PY -m CTInvariancesLib.cli.main train cinn --denoiser "$d" --cvae "$BUNDLED" --out "$OUT" \
-        --init "$BUNDLED/cinn-$d.safetensors" --steps 100000 --time-limit "$MIN" $SIZE \
+        --init "${INIT:-$BUNDLED}/cinn-$d.safetensors" --steps 100000 --time-limit "$MIN" $SIZE \
         --invariance-weight "${W:-8}" --power-weight "${P:-10}" --spectrum-weight "${S:-0}" \
+        --moment-weight "${M:-0}" \
         --calibration-crops "${CALIB:-512}" --calibration-fit "${FIT:-all}" \
         --checkpoint-every 25 --device "$DEV" 2>&1 | tail -1
     $PY "$HERE/scripts/diversity_diagnostics.py" --denoiser "$d" --slice "${SLICE:-2}" \

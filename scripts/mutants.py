@@ -469,7 +469,26 @@ MUTANTS = (
         LIB + "training/invariance.py",
         "            loss = loss + self.cfg.spectrum_weight * shape",
         "            loss = loss + 0.0 * shape",
-        ("Testing/test_engine_training.py::test_spectrum_term_enters_the_fine_tunes_gradient",),
+        ("Testing/test_engine_training.py::test_spectrum_and_moment_terms_enter_the_fine_tunes_gradient",),
+    ),
+    Mutant(
+        "moment-term-left-out-of-the-loss",
+        "the trainer computes and logs the latent moment term but does not add it to the loss",
+        LIB + "training/invariance.py",
+        "            loss = loss + self.cfg.moment_weight * moments",
+        "            loss = loss + 0.0 * moments",
+        ("Testing/test_engine_training.py::test_spectrum_and_moment_terms_enter_the_fine_tunes_gradient",),
+    ),
+    Mutant(
+        "moment-term-ignores-the-spread",
+        "the latent moment term holds the channel means only",
+        LIB + "training/invariance.py",
+        "    return (flat.mean(1) ** 2 + flat.std(1).log() ** 2).sum()",
+        "    return (flat.mean(1) ** 2).sum()",
+        (
+            "Testing/test_spatial_engine.py::"
+            "test_latent_moment_term_is_zero_at_the_standard_normal_and_pulls_the_moments_there",
+        ),
     ),
     Mutant(
         "spectrum-term-sees-scale",

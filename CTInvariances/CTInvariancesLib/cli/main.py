@@ -425,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --invariance-weight: this weight x the spread over radial frequency bands of "
         "log(band power of x~ - f(x) / that of x - f(x)) keeps x's noise spectrum (texture)",
     )
+    t.add_argument(
+        "--moment-weight",
+        type=opt.non_negative_float,
+        default=0.0,
+        help="this weight x the sum over latent channels of mean(v)^2 + log(std(v))^2 on the batch: "
+        "holds v's moments at N(0, 1) where another term pulls the flow off its maximum likelihood",
+    )
     t.add_argument("--lr", type=opt.positive_float, default=2e-4)
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
@@ -827,6 +834,7 @@ def _train_cinn(args) -> int:
         invariance_batch=args.invariance_batch,
         power_weight=args.power_weight,
         spectrum_weight=args.spectrum_weight,
+        moment_weight=args.moment_weight,
     )
     if args.steps == 0 and not args.init:
         raise CTInvariancesError("--steps 0 needs --init (a trained cINN whose calibration is fitted)")
