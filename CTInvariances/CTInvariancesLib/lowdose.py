@@ -37,8 +37,8 @@ def simulation_memory_bytes(shape: tuple[int, int], n_views: int, batch: int) ->
     """Working memory of simulating ``batch`` slices of ``shape`` together (one realisation each),
     rounded up from peak RSS measured on this simulator (512 x 512, 20-slice abdomen series, 2-core
     CPU): one slice 1,200 B per pixel + 60 kB per view; each further slice of the batch 150 B per
-    pixel + 45 kB per view (measured 125 B and 35 kB: 16 slices at 576 views 0.80 GB above one
-    slice, at 2,304 views 1.66 GB above). Views scale with the image width over 512 pixels."""
+    pixel + 45 kB per view (measured about 130 B and 37 kB: 16 slices at 576 views 0.78 GiB above
+    one slice, at 2,304 views 1.66 GiB above). Views scale with the image width over 512 pixels."""
     pixels = float(shape[0] * shape[1])
     views = n_views * max(shape) / 512.0
     return 1200 * pixels + 60e3 * views + (batch - 1) * (150 * pixels + 45e3 * views)
