@@ -45,6 +45,12 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+def memory_limit_bytes(max_memory_gb: float | None = None) -> float | None:
+    """The memory a job may use: ``max_memory_gb`` (GB of 2^30 bytes) when given, else what is
+    available now (None where unknown)."""
+    return max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
+
+
 def _gb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 0.1 * 2**30 else f"{n / 2**20:.1f} MB"
 
@@ -69,7 +75,7 @@ def check_resources(
             "use fewer samples or slices (--samples, --slices) or another --out",
             out,
         )
-    limit = max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
+    limit = memory_limit_bytes(max_memory_gb)
     if limit is not None and memory_bytes > limit:
         raise InputError(
             f"this job needs about {_gb(memory_bytes)} of memory, "

@@ -930,7 +930,7 @@ def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
     fits, or when the output does not fit on the disk."""
     import numpy as np
 
-    from ..files import available_memory_bytes, check_resources
+    from ..files import check_resources, memory_limit_bytes
     from ..lowdose import FBP_BATCH, simulation_memory_bytes
 
     voxels = float(np.prod(vol.shape))
@@ -939,7 +939,7 @@ def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
     def need(batch: int) -> float:
         return 8 * voxels + simulation_memory_bytes(shape, n_views, batch)
 
-    limit = max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
+    limit = memory_limit_bytes(max_memory_gb)
     full = batch = min(FBP_BATCH, vol.shape[0])
     while batch > 1 and limit is not None and need(batch) > limit:
         batch -= 1
