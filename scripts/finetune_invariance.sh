@@ -12,7 +12,8 @@
 # W, P, S, M, CALIB, FIT, SLICE, SAMPLES: environment variables (defaults 8, 10, spectrum weight 0,
 # moment weight 0, 512 crops for the calibration refit (0: none), that refit's --calibration-fit all,
 # 2 = abdomen k 16, 4). INIT: a folder whose cinn-<denoiser>.safetensors to start from (default
-# the bundled cINNs; another fine-tune's OUT continues it with a fresh optimiser).
+# the bundled cINNs; another fine-tune's OUT continues it with a fresh optimiser). STEPS: train
+# exactly this many steps instead of for MINUTES (the same run whatever else the machine does).
 set -eu
 OUT=${1:?usage: finetune_invariance.sh OUT [MINUTES] [DENOISERS...]}
 MIN=${2:-9}
@@ -22,13 +23,14 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BUNDLED=$HERE/CTInvariances/Resources/Models/invariance/spatial
 PY=${PYTHON:-$HERE/.venv/bin/python}
 DEV=${DEVICE:-cpu}
+if [ -n "${STEPS:-}" ]; then LENGTH="--steps $STEPS"; else LENGTH="--steps 100000 --time-limit $MIN"; fi
 export PYTHONPATH="$HERE/CTInvariances${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$DEV" = cpu ]; then SIZE="--patch 64 --batch-size 32 --invariance-batch 4"; else SIZE="--batch-size 64"; fi
 mkdir -p "$OUT"
 cp "$BUNDLED/cvae.safetensors" "$BUNDLED/cvae.json" "$OUT/"
 for d in $DENOISERS; do
     $PY -m CTInvariancesLib.cli.main train cinn --denoiser "$d" --cvae "$BUNDLED" --out "$OUT" \
-        --init "${INIT:-$BUNDLED}/cinn-$d.safetensors" --steps 100000 --time-limit "$MIN" $SIZE \
+        --init "${INIT:-$BUNDLED}/cinn-$d.safetensors" $LENGTH $SIZE \
         --invariance-weight "${W:-8}" --power-weight "${P:-10}" --spectrum-weight "${S:-0}" \
         --moment-weight "${M:-0}" \
         --calibration-crops "${CALIB:-512}" --calibration-fit "${FIT:-all}" \
