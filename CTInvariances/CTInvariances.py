@@ -373,7 +373,7 @@ class CTInvariancesLogic(ScriptedLoadableModuleLogic):
 
     def detectDevice(self):
         code = (
-            "import torch;print(torch.cuda.get_device_name(0)+', %.0f GB' % "
+            "import torch;print(torch.cuda.get_device_name(0)+', %.0f GiB' % "
             "(torch.cuda.get_device_properties(0).total_memory/2**30) "
             "if torch.cuda.is_available() else 'no CUDA GPU: CPU')"
         )

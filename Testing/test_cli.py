@@ -127,7 +127,7 @@ def test_simulate_slices_keep_their_noise(abdomen_dir, tmp_path):
     va, vb = read_volume(a), read_volume(b)
     assert np.array_equal(va.array[1], vb.array[0])
     assert vb.origin == pytest.approx(va.index_to_physical(1, 0, 0))
-    # a memory limit under the two slices' batch (about 0.39 GB) but above one slice's (0.33 GB):
+    # a memory limit under the two slices' batch (about 0.39 GiB) but above one slice's (0.33 GiB):
     # simulated one slice at a time, said so, with the same images
     c = tmp_path / "c.nrrd"
     proc = run("simulate-low-dose", str(abdomen_dir), "--slices", "0:2", "--out", str(c), "--i0", "3e6",

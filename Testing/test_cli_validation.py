@@ -202,7 +202,7 @@ def test_sample_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, c
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and "memory" in err and "--max-memory 1 GB" in err, err
+    assert rc == 2 and "memory" in err and "--max-memory 1 GiB" in err, err
     assert not out.exists()
 
 

@@ -46,13 +46,14 @@ def available_memory_bytes() -> int | None:
 
 
 def memory_limit_bytes(max_memory_gb: float | None = None) -> float | None:
-    """The memory a job may use: ``max_memory_gb`` (GB of 2^30 bytes) when given, else what is
+    """The memory a job may use: ``max_memory_gb`` (in GiB, 2^30 bytes) when given, else what is
     available now (None where unknown)."""
     return max_memory_gb * 2**30 if max_memory_gb is not None else available_memory_bytes()
 
 
-def _gb(n: float) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 0.1 * 2**30 else f"{n / 2**20:.1f} MB"
+def format_bytes(n: float) -> str:
+    """A size for messages, in GiB (2^30 bytes), or MiB below a tenth of one."""
+    return f"{n / 2**30:.1f} GiB" if n >= 0.1 * 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def check_resources(
@@ -71,18 +72,19 @@ def check_resources(
     free = shutil.disk_usage(nearest_existing(out)).free
     if disk_bytes > 0.95 * free:
         raise InputError(
-            f"the output needs about {_gb(disk_bytes)} but only {_gb(free)} are free there; "
+            f"the output needs about {format_bytes(disk_bytes)} but only {format_bytes(free)} are free "
+            "there; "
             "use fewer samples or slices (--samples, --slices) or another --out",
             out,
         )
     limit = memory_limit_bytes(max_memory_gb)
     if limit is not None and memory_bytes > limit:
         raise InputError(
-            f"this job needs about {_gb(memory_bytes)} of memory, "
+            f"this job needs about {format_bytes(memory_bytes)} of memory, "
             + (
-                f"above --max-memory {max_memory_gb:g} GB"
+                f"above --max-memory {max_memory_gb:g} GiB"
                 if max_memory_gb is not None
-                else f"but only {_gb(limit)} are available"
+                else f"but only {format_bytes(limit)} are available"
             )
             + f"; {advice}",
             out,

@@ -447,8 +447,9 @@ def _add_max_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-memory",
         type=opt.positive_float,
-        metavar="GB",
-        help="refuse a job whose estimated working memory exceeds this (default: what is available)",
+        metavar="GIB",
+        help="refuse a job whose estimated working memory exceeds this many GiB (2^30 bytes; "
+        "default: what is available)",
     )
 
 
@@ -946,7 +947,7 @@ def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
     if batch < full and need(batch) <= limit:
         print(
             f"note: simulating {batch} slice{'s' if batch > 1 else ''} at a time (instead of {full}) "
-            f"to stay within {limit / 2**30:.2f} GB of memory; slower, same images",
+            f"to stay within {limit / 2**30:.2f} GiB of memory; slower, same images",
             file=sys.stderr,
         )
     check_resources(

@@ -176,7 +176,7 @@ def _header_fields(path: Path, suffix: str) -> tuple[dict, int]:
 def _check_data_size(path: Path, suffix: str) -> None:
     """Before ITK reads (and allocates): the image the header promises must fit in memory, and
     uncompressed data must be as long as the header says (ITK would fill the rest with zeros)."""
-    from ..files import _gb, available_memory_bytes
+    from ..files import available_memory_bytes, format_bytes
 
     if suffix not in (".nrrd", ".nhdr", ".mha", ".mhd"):
         return
@@ -217,8 +217,8 @@ def _check_data_size(path: Path, suffix: str) -> None:
     limit = available_memory_bytes()
     if limit is not None and 2 * expected > limit:
         raise InputError(
-            f"the header promises a {' x '.join(map(str, dims))} image ({_gb(expected)}), more than "
-            f"this machine can hold ({_gb(limit)} available)",
+            f"the header promises a {' x '.join(map(str, dims))} image ({format_bytes(expected)}), more than "
+            f"this machine can hold ({format_bytes(limit)} available)",
             path,
         )
     if compressed or skips:
