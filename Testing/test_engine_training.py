@@ -27,6 +27,7 @@ from engine_fixtures import (
 
 from CTInvariancesLib.denoisers.loading import Denoiser
 from CTInvariancesLib.invariance.models import load_cinn, load_cvae
+from CTInvariancesLib.invariance.spatial import SpatialCINNConfig
 from CTInvariancesLib.training import distributed
 from CTInvariancesLib.training.invariance import (
     CINNTrainer,
@@ -220,6 +221,35 @@ def test_spectrum_and_moment_terms_enter_the_fine_tunes_gradient(clip_engine, tm
     for name in ("spectrum", "moments"):
         moved = max(float((weights[name][k] - v).abs().max()) for k, v in weights["none"].items())
         assert moved > 1e-6, f"the {name} weight did not change the fine-tune"
+
+
+def test_calibration_refit_is_run_and_fits_what_calibration_fit_says(clip_engine, tmp_path):
+    """`train cinn --calibration-crops N --calibration-fit all|mean`: after the steps the output
+    calibration is refitted on N fresh crops; `mean` moves its shift only and keeps the trained scale,
+    `all` moves both; 0 crops leave it as trained. (The fit itself: test_spatial_engine.py.)"""
+    config = SpatialCINNConfig(latent_ch=2, down=1, n_flows=2, hidden=16, cond_width=8, noise_condition=True,
+                               noise_scale=True, noise_map=False, calibration=True, name="tiny-calibrated")
+    runs = {"none": {"calibration_crops": 0}, "all": {"calibration_crops": 16, "calibration_fit": "all"},
+            "mean": {"calibration_crops": 16, "calibration_fit": "mean"}}
+    layers, cards = {}, {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        CINNTrainer(
+            CINNTrainingConfig(out=str(out), denoiser="clip", cvae=str(clip_engine / "cvae"),
+                               model_config=config, steps=2, batch_size=8, lr=1e-3, device="cpu",
+                               checkpoint_every=1000, **extra),
+            SINGLE, source=SyntheticSource(clip_bright, 3), denoiser=Denoiser(clip_bright, "clip"),
+        ).run(progress=False)
+        inn, card = load_cinn(out / "cinn-clip.safetensors")
+        layers[name] = {k: v.clone() for k, v in inn.calibration.state_dict().items()}
+        cards[name] = card["training"]["calibration"]
+    assert cards["none"] is None
+    for name in ("all", "mean"):
+        assert cards[name]["fit"] == name and cards[name]["crops"] >= 16, cards[name]
+        assert cards[name]["nll_per_dim_after"] <= cards[name]["nll_per_dim_before"], cards[name]
+        assert not torch.equal(layers[name]["m"], layers["none"]["m"]), f"{name}: the shift was not fitted"
+    assert torch.equal(layers["mean"]["s"], layers["none"]["s"]), "mean: the trained scale was changed"
+    assert not torch.equal(layers["all"]["s"], layers["none"]["s"]), "all: the scale was not fitted"
 
 
 def test_identity_denoiser_leaves_nothing_to_vary(tmp_path, torch_threads):

@@ -491,6 +491,22 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "calibration-fit-mode-ignored",
+        "train cinn --calibration-fit mean refits the trained scale too",
+        LIB + "training/invariance.py",
+        'scale=self.cfg.calibration_fit == "all")',
+        "scale=True)",
+        ("Testing/test_engine_training.py::test_calibration_refit_is_run_and_fits_what_calibration_fit_says",),
+    ),
+    Mutant(
+        "calibration-refit-skipped",
+        "train cinn --calibration-crops N trains but never refits the output calibration",
+        LIB + "training/invariance.py",
+        "        if layer is None or self.cfg.calibration_crops <= 0:",
+        "        if True:",
+        ("Testing/test_engine_training.py::test_calibration_refit_is_run_and_fits_what_calibration_fit_says",),
+    ),
+    Mutant(
         "spectrum-term-sees-scale",
         "the spectrum term penalises a louder copy of x's texture (power has its own term)",
         LIB + "training/invariance.py",
