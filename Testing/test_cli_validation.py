@@ -4,12 +4,15 @@ non-finite images and outputs are refused, nothing is written, and what is writt
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from CTInvariancesLib.cli.main import main
 from CTInvariancesLib.invariance.pipeline import finite_json
+
+SPATIAL_ENGINE = Path(__file__).resolve().parents[1] / "CTInvariances/Resources/Models/invariance/spatial"
 
 BAD_OPTIONS = [
     ("sample", "--temperature", "nan", "not a finite number"),
@@ -204,6 +207,54 @@ def test_sample_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert rc == 2 and "memory" in err and "--max-memory 1 GiB" in err, err
     assert not out.exists()
+
+
+def _water_volume(path, slices: int = 3, size: int = 96):
+    """A noisy water disc, ``slices`` slices of ``size`` x ``size`` at 1.5 mm, written as NRRD."""
+    from CTInvariancesLib.io import CTVolume, write_volume
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.where(np.hypot(yy - size / 2, xx - size / 2) < 0.42 * size, 40.0, -1000.0)
+    arr = np.stack([disc + rng.normal(0, 15, disc.shape) for _ in range(slices)])
+    write_volume(CTVolume(arr, spacing=(1.5, 1.5, 2.0)), path)
+    return path
+
+
+def test_training_volumes_are_simulated_within_the_memory_limit(tmp_path, capsys):
+    """`train cvae|cinn --data V --max-memory M`: the simulator takes as many slices together as fit
+    M (the same images as all at once), the data are refused with the numbers when not even one
+    slice fits, and volumes of different slice sizes are refused by name, all before any training."""
+    from CTInvariancesLib.errors import CTInvariancesError
+    from CTInvariancesLib.lowdose import LowDoseSettings, simulation_memory_bytes
+    from CTInvariancesLib.training.invariance import training_slices
+
+    volume = _water_volume(tmp_path / "water.nrrd")
+    whole = training_slices((str(volume),), 0.25, 2, 0)
+    assert whole["ld"].shape == (6, 96, 96)
+    # the volume and its two low-dose copies, plus the simulator for one slice's two noise images
+    views = LowDoseSettings().geometry.n_views
+    one_slice = 4.0 * 3 * 96 * 96 * (1 + 2) + simulation_memory_bytes((96, 96), views, 2)
+    assert simulation_memory_bytes((96, 96), views, 4) > 1.05 * one_slice  # two slices would not fit
+    limited = training_slices((str(volume),), 0.25, 2, 0, max_memory_gb=1.05 * one_slice / 2**30)
+    assert np.array_equal(limited["ld"], whole["ld"])
+    assert list(limited["names"]) == list(whole["names"])
+    with pytest.raises(CTInvariancesError, match=r"needs about .* above --max-memory"):
+        training_slices((str(volume),), 0.25, 2, 0, max_memory_gb=0.9 * one_slice / 2**30)
+    smaller = _water_volume(tmp_path / "small.nrrd", slices=1, size=80)
+    with pytest.raises(CTInvariancesError, match="80 x 80 pixels but those of .*water.nrrd are 96 x 96"):
+        training_slices((str(volume), str(smaller)), 0.25, 1, 0)
+    # the CLI passes --max-memory on: refused before any training, nothing written
+    for model in ("cvae", "cinn"):
+        out = tmp_path / f"run-{model}"
+        args = ["train", model, "--data", str(volume), "--max-memory", "0.001", "--out", str(out),
+                "--device", "cpu"]
+        if model == "cinn":
+            args += ["--denoiser", "cnn10", "--cvae", str(SPATIAL_ENGINE)]
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc != 0 and "above --max-memory 0.001 GiB" in err, err
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
 def _probe_inputs(tmp_path):

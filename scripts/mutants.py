@@ -457,11 +457,31 @@ MUTANTS = (
     ),
     Mutant(
         "simulation-batch-not-fitted-to-memory",
-        "simulate-low-dose keeps the full FBP batch under a memory limit (and refuses the job)",
-        LIB + "cli/main.py",
-        "    while batch > 1 and limit is not None and need(batch) > limit:",
+        "simulate-low-dose and training on user volumes keep the full FBP batch under a memory limit "
+        "(and refuse the job)",
+        LIB + "lowdose.py",
+        "    while batch > 1 and limit_bytes is not None and need(batch) > limit_bytes:",
         "    while False:",
-        ("Testing/test_cli.py::test_simulate_slices_keep_their_noise",),
+        (
+            "Testing/test_cli.py::test_simulate_slices_keep_their_noise",
+            "Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",
+        ),
+    ),
+    Mutant(
+        "training-data-memory-unchecked",
+        "training on user volumes simulates whatever their memory need (the machine runs out instead)",
+        LIB + "training/invariance.py",
+        "    if limit is not None and need > limit:",
+        "    if False:",
+        ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
+    ),
+    Mutant(
+        "train-max-memory-not-passed-on",
+        "train cvae / cinn accept --max-memory but do not hand it to the data simulation",
+        LIB + "training/invariance.py",
+        "                             cfg.max_memory_gb)",
+        "                             None)",
+        ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
     ),
     Mutant(
         "spectrum-term-left-out-of-the-loss",

@@ -44,6 +44,28 @@ def simulation_memory_bytes(shape: tuple[int, int], n_views: int, batch: int) ->
     return 1200 * pixels + 60e3 * views + (batch - 1) * (150 * pixels + 45e3 * views)
 
 
+def fitting_fbp_batch(
+    shape: tuple[int, int],
+    n_views: int,
+    n_slices: int,
+    limit_bytes: float | None,
+    other_bytes: float = 0.0,
+    realisations: int = 1,
+) -> int:
+    """The most slices (up to FBP_BATCH and ``n_slices``) to simulate together whose working memory
+    (``simulation_memory_bytes`` for their ``realisations`` noise images each, plus ``other_bytes``
+    the caller holds) stays within ``limit_bytes`` (None: no limit); at least 1, whether or not that
+    fits (the caller refuses then). Fewer slices per batch only cost time: the images are the same."""
+
+    def need(batch: int) -> float:
+        return other_bytes + simulation_memory_bytes(shape, n_views, batch * realisations)
+
+    batch = max(1, min(FBP_BATCH, n_slices))
+    while batch > 1 and limit_bytes is not None and need(batch) > limit_bytes:
+        batch -= 1
+    return batch
+
+
 @dataclass(frozen=True)
 class FanBeamGeometry:
     """A third-generation fan-beam scanner with an equiangular detector (Siemens-like defaults)."""

@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
     t.add_argument("--seed", type=opt.seed, default=0)
+    _add_max_memory(t)
     t.add_argument("--checkpoint-every", type=opt.positive_int, default=200)
     t.add_argument(
         "--stop-at",
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dose", type=opt.dose_fraction, default=0.25)
     t.add_argument("--realisations", type=opt.int_in(1, 100), default=2)
     t.add_argument("--seed", type=opt.seed, default=0)
+    _add_max_memory(t)
     t.add_argument("--checkpoint-every", type=opt.positive_int, default=200)
     t.add_argument("--device", default="auto")
     t.add_argument("--arch", help="architecture of a .pt denoiser file whose name does not say it")
@@ -785,6 +787,7 @@ def _train_cvae(args) -> int:
         kl_weight=recipe("kl_weight"),
         dose_fraction=args.dose,
         realisations=args.realisations,
+        max_memory_gb=args.max_memory,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
@@ -823,6 +826,7 @@ def _train_cinn(args) -> int:
         lr=args.lr,
         dose_fraction=args.dose,
         realisations=args.realisations,
+        max_memory_gb=args.max_memory,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
@@ -932,7 +936,7 @@ def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
     import numpy as np
 
     from ..files import check_resources, memory_limit_bytes
-    from ..lowdose import FBP_BATCH, simulation_memory_bytes
+    from ..lowdose import FBP_BATCH, fitting_fbp_batch, simulation_memory_bytes
 
     voxels = float(np.prod(vol.shape))
     shape = (vol.shape[1], vol.shape[2])
@@ -941,9 +945,8 @@ def _simulation_batch(out: Path, vol, n_views: int, max_memory_gb=None) -> int:
         return 8 * voxels + simulation_memory_bytes(shape, n_views, batch)
 
     limit = memory_limit_bytes(max_memory_gb)
-    full = batch = min(FBP_BATCH, vol.shape[0])
-    while batch > 1 and limit is not None and need(batch) > limit:
-        batch -= 1
+    full = min(FBP_BATCH, vol.shape[0])
+    batch = fitting_fbp_batch(shape, n_views, vol.shape[0], limit, other_bytes=8 * voxels)
     if batch < full and need(batch) <= limit:
         print(
             f"note: simulating {batch} slice{'s' if batch > 1 else ''} at a time (instead of {full}) "

@@ -82,29 +82,82 @@ def recipe_value(size: str, name: str, given):
 # --- data ------------------------------------------------------------------------------------
 
 
-def training_slices(data: tuple[str, ...], dose_fraction: float, realisations: int, seed: int) -> dict:
+def training_slices(
+    data: tuple[str, ...],
+    dose_fraction: float,
+    realisations: int,
+    seed: int,
+    max_memory_gb: float | None = None,
+) -> dict:
     """Low-dose training slices (HU). ``data`` empty: the shared data's training split; else CT
-    volumes (any readable input) taken as full dose, all of their slices used."""
+    volumes (any readable input) taken as full dose, all of their slices used.
+
+    User volumes must share one slice size (the patch sampler stacks them). Before any simulation
+    the working memory (the volumes, their ``realisations`` low-dose copies and the simulator's) is
+    checked against what is available or ``max_memory_gb``: the simulator then takes as many slices
+    together as fit (same images, only slower), and the data are refused, with the numbers, when not
+    even one slice fits."""
     if not data:
         return make_pairs("train", dose_fraction, realisations, seed)
+    from ..files import format_bytes, memory_limit_bytes
     from ..io import read_volume
-    from ..lowdose import LowDoseSettings, LowDoseSimulator, slice_seed
+    from ..lowdose import (
+        LowDoseSettings,
+        LowDoseSimulator,
+        fitting_fbp_batch,
+        simulation_memory_bytes,
+        slice_seed,
+    )
 
-    ld, names, pixels = [], [], []
-    sim = LowDoseSimulator(LowDoseSettings(dose_fraction=dose_fraction))
+    volumes = []
     for path in data:
         vol = read_volume(path)
-        pixel_mm = (vol.spacing[1], vol.spacing[0])
-        if vol.array.shape[1] < 64 or vol.array.shape[2] < 64:
+        size = vol.array.shape[1:]
+        if size[0] < 64 or size[1] < 64:
             raise CTInvariancesError("slices smaller than 64x64 pixels cannot be used for training", path)
-        seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)] for k in range(len(vol.array))]
-        lows, _ = sim.simulate_slices(vol.array, pixel_mm, seeds)
-        for k, low_k in enumerate(lows):
-            for r in range(realisations):
-                ld.append(low_k[r])
-                names.append(f"{Path(path).name}[{k}]#{r}")
-                pixels.append(pixel_mm)
-    return {"ld": np.stack(ld).astype(np.float32), "names": np.array(names), "pixel_mm": np.array(pixels)}
+        if volumes and size != volumes[0][1].array.shape[1:]:
+            first = volumes[0][1].array.shape[1:]
+            raise CTInvariancesError(
+                f"its slices are {size[0]} x {size[1]} pixels but those of {volumes[0][0]} are "
+                f"{first[0]} x {first[1]}: train on volumes of one slice size (resample the others)",
+                path,
+            )
+        volumes.append((path, vol))
+    shape = volumes[0][1].array.shape[1:]
+    settings = LowDoseSettings(dose_fraction=dose_fraction)
+    views = settings.geometry.n_views
+    n_out = sum(len(vol.array) for _, vol in volumes) * realisations
+    held = sum(4.0 * vol.array.size for _, vol in volumes) + 4.0 * n_out * shape[0] * shape[1]
+    limit = memory_limit_bytes(max_memory_gb)
+    longest = max(len(vol.array) for _, vol in volumes)
+    batch = fitting_fbp_batch(shape, views, longest, limit, held, realisations)
+    need = held + simulation_memory_bytes(shape, views, batch * realisations)
+    if limit is not None and need > limit:
+        raise CTInvariancesError(
+            f"simulating the training data ({len(volumes)} volume{'s' if len(volumes) > 1 else ''}, "
+            f"{n_out} low-dose slices) needs about {format_bytes(need)} of memory, "
+            + (f"above --max-memory {max_memory_gb:g} GiB" if max_memory_gb is not None
+               else f"but only {format_bytes(limit)} are available")
+            + "; train on fewer or smaller volumes, or fewer --realisations"
+        )
+    sim = LowDoseSimulator(settings, fbp_batch=batch)
+    ld = np.empty((n_out, *shape), np.float32)
+    names, pixels = [], []
+    for i, (path, vol) in enumerate(volumes):
+        pixel_mm = (vol.spacing[1], vol.spacing[0])
+        # batch by batch into the preallocated array: no second copy of the volume's low-dose slices
+        for at in range(0, len(vol.array), batch):
+            block = vol.array[at : at + batch]
+            seeds = [[slice_seed(seed + 1000 * r, k) for r in range(realisations)]
+                     for k in range(at, at + len(block))]
+            lows, _ = sim.simulate_slices(block, pixel_mm, seeds)
+            ld[len(names) : len(names) + lows.shape[0] * realisations] = lows.reshape(-1, *shape)
+            for k in range(at, at + len(block)):
+                for r in range(realisations):
+                    names.append(f"{Path(path).name}[{k}]#{r}")
+                    pixels.append(pixel_mm)
+        volumes[i] = (path, None)  # the full-dose volume is no longer needed
+    return {"ld": ld, "names": np.array(names), "pixel_mm": np.array(pixels)}
 
 
 def _cached_array(path: Path, compute) -> np.ndarray:
@@ -228,7 +281,8 @@ def conditioned_data(
     device: str | torch.device = "cpu",
 ) -> tuple[PatchSampler, int]:
     """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
-    slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed)
+    slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed,
+                             cfg.max_memory_gb)
     tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
     fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
     maps = noise_maps_cached(slices, tag, device) if noise_maps else None
@@ -408,6 +462,7 @@ class CVAETrainingConfig:
     critic_width: int = 32
     dose_fraction: float = 0.25
     realisations: int = 2
+    max_memory_gb: float | None = None  # for simulating user --data (training_slices)
     seed: int = 0
     checkpoint_every: int = 200
     device: str = "auto"
@@ -649,6 +704,7 @@ class CINNTrainingConfig:
     lr: float = 2e-4  # the paper: 1e-5 at batch 128 for 47k iterations
     dose_fraction: float = 0.25
     realisations: int = 2
+    max_memory_gb: float | None = None  # for simulating user --data (training_slices)
     seed: int = 0
     checkpoint_every: int = 200
     device: str = "auto"
