@@ -248,7 +248,7 @@ def test_training_volumes_are_simulated_within_the_memory_limit(tmp_path, capsys
     for model in ("cvae", "cinn"):
         out = tmp_path / f"run-{model}"
         args = ["train", model, "--data", str(volume), "--max-memory", "0.001", "--out", str(out),
-                "--device", "cpu"]
+                "--steps", "1", "--device", "cpu"]
         if model == "cinn":
             args += ["--denoiser", "cnn10", "--cvae", str(SPATIAL_ENGINE)]
         rc = main(args)
