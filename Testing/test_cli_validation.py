@@ -241,6 +241,9 @@ def test_training_volumes_are_simulated_within_the_memory_limit(tmp_path, capsys
     assert list(limited["names"]) == list(whole["names"])
     with pytest.raises(CTInvariancesError, match=r"needs about .* above --max-memory"):
         training_slices((str(volume),), 0.25, 2, 0, max_memory_gb=0.9 * one_slice / 2**30)
+    # what training holds beside the slices afterwards (f(x) per denoiser) counts too
+    with pytest.raises(CTInvariancesError, match=r"and their f\(x\)\) needs about"):
+        training_slices((str(volume),), 0.25, 2, 0, max_memory_gb=1.05 * one_slice / 2**30, companions=150)
     smaller = _water_volume(tmp_path / "small.nrrd", slices=1, size=80)
     with pytest.raises(CTInvariancesError, match="80 x 80 pixels but those of .*water.nrrd are 96 x 96"):
         training_slices((str(volume), str(smaller)), 0.25, 1, 0)

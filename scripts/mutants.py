@@ -476,6 +476,14 @@ MUTANTS = (
         ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
     ),
     Mutant(
+        "training-data-check-forgets-f-of-x",
+        "the memory check of user training data counts the low-dose slices but not their f(x)",
+        LIB + "training/invariance.py",
+        "    need = max(simulating, low_dose * (1 + companions))",
+        "    need = simulating",
+        ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
+    ),
+    Mutant(
         "train-max-memory-not-passed-on",
         "train cvae / cinn accept --max-memory but do not hand it to the data simulation",
         LIB + "training/invariance.py",

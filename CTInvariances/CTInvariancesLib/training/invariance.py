@@ -88,15 +88,17 @@ def training_slices(
     realisations: int,
     seed: int,
     max_memory_gb: float | None = None,
+    companions: int = 0,
 ) -> dict:
     """Low-dose training slices (HU). ``data`` empty: the shared data's training split; else CT
     volumes (any readable input) taken as full dose, all of their slices used.
 
     User volumes must share one slice size (the patch sampler stacks them). Before any simulation
     the working memory (the volumes, their ``realisations`` low-dose copies and the simulator's) is
-    checked against what is available or ``max_memory_gb``: the simulator then takes as many slices
-    together as fit (same images, only slower), and the data are refused, with the numbers, when not
-    even one slice fits."""
+    checked against what is available or ``max_memory_gb``, counting ``companions`` more arrays of
+    the low-dose slices' size that training will hold beside them (f(x) per denoiser, noise maps):
+    the simulator then takes as many slices together as fit (same images, only slower), and the
+    data are refused, with the numbers, when not even one slice fits."""
     if not data:
         return make_pairs("train", dose_fraction, realisations, seed)
     from ..files import format_bytes, memory_limit_bytes
@@ -127,15 +129,19 @@ def training_slices(
     settings = LowDoseSettings(dose_fraction=dose_fraction)
     views = settings.geometry.n_views
     n_out = sum(len(vol.array) for _, vol in volumes) * realisations
-    held = sum(4.0 * vol.array.size for _, vol in volumes) + 4.0 * n_out * shape[0] * shape[1]
+    low_dose = 4.0 * n_out * shape[0] * shape[1]
+    held = sum(4.0 * vol.array.size for _, vol in volumes) + low_dose  # while simulating
     limit = memory_limit_bytes(max_memory_gb)
     longest = max(len(vol.array) for _, vol in volumes)
     batch = fitting_fbp_batch(shape, views, longest, limit, held, realisations)
-    need = held + simulation_memory_bytes(shape, views, batch * realisations)
+    # then the full-dose volumes go and the companions come
+    simulating = held + simulation_memory_bytes(shape, views, batch * realisations)
+    need = max(simulating, low_dose * (1 + companions))
     if limit is not None and need > limit:
         raise CTInvariancesError(
-            f"simulating the training data ({len(volumes)} volume{'s' if len(volumes) > 1 else ''}, "
-            f"{n_out} low-dose slices) needs about {format_bytes(need)} of memory, "
+            f"training on this data ({len(volumes)} volume{'s' if len(volumes) > 1 else ''}, {n_out} "
+            f"low-dose slices{' and their f(x)' if companions else ''}) needs about {format_bytes(need)} "
+            "of memory, "
             + (f"above --max-memory {max_memory_gb:g} GiB" if max_memory_gb is not None
                else f"but only {format_bytes(limit)} are available")
             + "; train on fewer or smaller volumes, or fewer --realisations"
@@ -282,7 +288,7 @@ def conditioned_data(
 ) -> tuple[PatchSampler, int]:
     """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
     slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed,
-                             cfg.max_memory_gb)
+                             cfg.max_memory_gb, companions=len(denoisers) + int(noise_maps))
     tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
     fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
     maps = noise_maps_cached(slices, tag, device) if noise_maps else None
