@@ -487,8 +487,8 @@ MUTANTS = (
         "train-max-memory-not-passed-on",
         "train cvae / cinn accept --max-memory but do not hand it to the data simulation",
         LIB + "training/invariance.py",
-        "                             cfg.max_memory_gb)",
-        "                             None)",
+        "                             cfg.max_memory_gb, companions=len(denoisers) + int(noise_maps))",
+        "                             None, companions=len(denoisers) + int(noise_maps))",
         ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
     ),
     Mutant(
