@@ -248,9 +248,10 @@ def test_training_volumes_are_simulated_within_the_memory_limit(tmp_path, capsys
     with pytest.raises(CTInvariancesError, match="80 x 80 pixels but those of .*water.nrrd are 96 x 96"):
         training_slices((str(volume), str(smaller)), 0.25, 1, 0)
     # the CLI passes --max-memory on: refused before any training, nothing written
+    patch_wide = _water_volume(tmp_path / "patch-wide.nrrd", slices=2, size=128)
     for model in ("cvae", "cinn"):
         out = tmp_path / f"run-{model}"
-        args = ["train", model, "--data", str(volume), "--max-memory", "0.001", "--out", str(out),
+        args = ["train", model, "--data", str(patch_wide), "--max-memory", "0.001", "--out", str(out),
                 "--steps", "1", "--device", "cpu"]
         if model == "cinn":
             args += ["--denoiser", "cnn10", "--cvae", str(SPATIAL_ENGINE)]
@@ -258,6 +259,26 @@ def test_training_volumes_are_simulated_within_the_memory_limit(tmp_path, capsys
         err = capsys.readouterr().err
         assert rc != 0 and "above --max-memory 0.001 GiB" in err, err
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_training_data_that_cannot_give_patches_is_refused(tmp_path, capsys):
+    """Slices narrower than the training patch are refused by name before any simulation (they
+    ended in numpy's "high <= 0"), and slices that are all air end the patch search with an error
+    instead of searching forever."""
+    from CTInvariancesLib.errors import CTInvariancesError
+    from CTInvariancesLib.training.data import PatchSampler
+
+    volume = _water_volume(tmp_path / "water.nrrd", slices=1)
+    out = tmp_path / "run"
+    rc = main(["train", "cvae", "--data", str(volume), "--steps", "1", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "water.nrrd: its slices are 96 x 96 pixels; training needs at least 128" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    air = np.full((2, 32, 32), -1000.0, np.float32)
+    with pytest.raises(CTInvariancesError, match="smaller than the training patch"):
+        PatchSampler(air, air, 48)
+    with pytest.raises(CTInvariancesError, match="holds anatomy"):
+        PatchSampler(air, air, 16).batch(2)
 
 
 def _probe_inputs(tmp_path):

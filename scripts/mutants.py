@@ -484,11 +484,19 @@ MUTANTS = (
         ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
     ),
     Mutant(
+        "training-slices-ignore-the-patch",
+        "user training volumes narrower than the training patch are simulated and denoised first",
+        LIB + "training/invariance.py",
+        "        smallest = max(64, patch)",
+        "        smallest = 64",
+        ("Testing/test_cli_validation.py::test_training_data_that_cannot_give_patches_is_refused",),
+    ),
+    Mutant(
         "train-max-memory-not-passed-on",
         "train cvae / cinn accept --max-memory but do not hand it to the data simulation",
         LIB + "training/invariance.py",
-        "                             cfg.max_memory_gb, companions=len(denoisers) + int(noise_maps))",
-        "                             None, companions=len(denoisers) + int(noise_maps))",
+        "        max_memory_gb=cfg.max_memory_gb,",
+        "        max_memory_gb=None,",
         ("Testing/test_cli_validation.py::test_training_volumes_are_simulated_within_the_memory_limit",),
     ),
     Mutant(

@@ -13,7 +13,11 @@ from ..datasets import (  # noqa: F401 - re-exported for the trainers and older 
     require_shared_data,
     shared_data_dir,
 )
+from ..errors import CTInvariancesError
 from ..normalization import hu_to_normalized
+
+# patches tried per patch wanted before the data are declared all air (a normal CT slice: a few)
+AIR_TRIES = 1000
 
 
 class PatchSampler:
@@ -29,6 +33,12 @@ class PatchSampler:
         self.ld = torch.from_numpy(hu_to_normalized(ld.astype(np.float32)))
         self.fd = torch.from_numpy(hu_to_normalized(fd.astype(np.float32)))
         self.patch = patch
+        h, w = self.ld.shape[-2:]
+        if patch > min(h, w):
+            raise CTInvariancesError(
+                f"the training slices ({h} x {w} pixels) are smaller than the training patch ({patch} px): "
+                "train on larger slices or with a smaller --patch"
+            )
         self.rng = np.random.default_rng(seed)
         self._air = float(hu_to_normalized(np.float32(-900.0)))
 
@@ -36,7 +46,14 @@ class PatchSampler:
         n, h, w = self.ld.shape
         xs, ys, picked, maps = [], [], [], []
         local = self.noise_hu is not None and self.noise_hu.dim() == 3
+        tries = 0
         while len(xs) < size:
+            tries += 1
+            if not xs and tries > AIR_TRIES * size:  # never ends otherwise
+                raise CTInvariancesError(
+                    f"none of {tries - 1} random {self.patch} px patches of the training slices holds "
+                    "anatomy (their full-dose mean is below -900 HU: air): train on slices of a patient"
+                )
             i = int(self.rng.integers(n))
             r = int(self.rng.integers(h - self.patch + 1))
             c = int(self.rng.integers(w - self.patch + 1))

@@ -89,9 +89,11 @@ def training_slices(
     seed: int,
     max_memory_gb: float | None = None,
     companions: int = 0,
+    patch: int = 64,
 ) -> dict:
     """Low-dose training slices (HU). ``data`` empty: the shared data's training split; else CT
-    volumes (any readable input) taken as full dose, all of their slices used.
+    volumes (any readable input) taken as full dose, all of their slices used; their slices must be
+    at least ``patch`` (and 64) pixels wide and high.
 
     User volumes must share one slice size (the patch sampler stacks them). Before any simulation
     the working memory (the volumes, their ``realisations`` low-dose copies and the simulator's) is
@@ -115,8 +117,13 @@ def training_slices(
     for path in data:
         vol = read_volume(path)
         size = vol.array.shape[1:]
-        if size[0] < 64 or size[1] < 64:
-            raise CTInvariancesError("slices smaller than 64x64 pixels cannot be used for training", path)
+        smallest = max(64, patch)
+        if size[0] < smallest or size[1] < smallest:
+            raise CTInvariancesError(
+                f"its slices are {size[0]} x {size[1]} pixels; training needs at least "
+                f"{smallest} x {smallest} (the training patch{'' if patch > 64 else ' and the minimum'})",
+                path,
+            )
         if volumes and size != volumes[0][1].array.shape[1:]:
             first = volumes[0][1].array.shape[1:]
             raise CTInvariancesError(
@@ -287,8 +294,15 @@ def conditioned_data(
     device: str | torch.device = "cpu",
 ) -> tuple[PatchSampler, int]:
     """(x, f(x)) patches from the configured CT data for these denoisers; each rank draws its own."""
-    slices = training_slices(cfg.data, cfg.dose_fraction, cfg.realisations, cfg.seed,
-                             cfg.max_memory_gb, companions=len(denoisers) + int(noise_maps))
+    slices = training_slices(
+        cfg.data,
+        cfg.dose_fraction,
+        cfg.realisations,
+        cfg.seed,
+        max_memory_gb=cfg.max_memory_gb,
+        companions=len(denoisers) + int(noise_maps),
+        patch=patch,
+    )
     tag = _data_tag(slices["names"]) + f"{cfg.dose_fraction}-{cfg.realisations}-{cfg.seed}"
     fx = [denoise_cached(d, slices["ld"], tag) for d in denoisers]
     maps = noise_maps_cached(slices, tag, device) if noise_maps else None
