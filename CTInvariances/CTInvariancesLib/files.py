@@ -77,17 +77,31 @@ def check_resources(
             "use fewer samples or slices (--samples, --slices) or another --out",
             out,
         )
+    check_memory(memory_bytes, max_memory_gb, advice, path=out)
+
+
+def check_memory(
+    memory_bytes: float,
+    max_memory_gb: float | None,
+    advice: str,
+    what: str = "this job",
+    path: str | Path | None = None,
+) -> None:
+    """Refuse, with the numbers, ``what`` needing ``memory_bytes`` of working memory when that
+    exceeds what is available (or ``max_memory_gb``)."""
+    from .errors import InputError
+
     limit = memory_limit_bytes(max_memory_gb)
     if limit is not None and memory_bytes > limit:
         raise InputError(
-            f"this job needs about {format_bytes(memory_bytes)} of memory, "
+            f"{what} needs about {format_bytes(memory_bytes)} of memory, "
             + (
                 f"above --max-memory {max_memory_gb:g} GiB"
                 if max_memory_gb is not None
                 else f"but only {format_bytes(limit)} are available"
             )
             + f"; {advice}",
-            out,
+            path,
         )
 
 

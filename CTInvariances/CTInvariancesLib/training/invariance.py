@@ -103,7 +103,7 @@ def training_slices(
     data are refused, with the numbers, when not even one slice fits."""
     if not data:
         return make_pairs("train", dose_fraction, realisations, seed)
-    from ..files import format_bytes, memory_limit_bytes
+    from ..files import check_memory, memory_limit_bytes
     from ..io import read_volume
     from ..lowdose import (
         LowDoseSettings,
@@ -114,10 +114,10 @@ def training_slices(
     )
 
     volumes = []
+    smallest = max(64, patch)
     for path in data:
         vol = read_volume(path)
         size = vol.array.shape[1:]
-        smallest = max(64, patch)
         if size[0] < smallest or size[1] < smallest:
             raise CTInvariancesError(
                 f"its slices are {size[0]} x {size[1]} pixels; training needs at least "
@@ -143,16 +143,13 @@ def training_slices(
     batch = fitting_fbp_batch(shape, views, longest, limit, held, realisations)
     # then the full-dose volumes go and the companions come
     simulating = held + simulation_memory_bytes(shape, views, batch * realisations)
-    need = max(simulating, low_dose * (1 + companions))
-    if limit is not None and need > limit:
-        raise CTInvariancesError(
-            f"training on this data ({len(volumes)} volume{'s' if len(volumes) > 1 else ''}, {n_out} "
-            f"low-dose slices{' and their f(x)' if companions else ''}) needs about {format_bytes(need)} "
-            "of memory, "
-            + (f"above --max-memory {max_memory_gb:g} GiB" if max_memory_gb is not None
-               else f"but only {format_bytes(limit)} are available")
-            + "; train on fewer or smaller volumes, or fewer --realisations"
-        )
+    check_memory(
+        max(simulating, low_dose * (1 + companions)),
+        max_memory_gb,
+        "train on fewer or smaller volumes, or fewer --realisations",
+        what=f"training on this data ({len(volumes)} volume{'s' if len(volumes) > 1 else ''}, {n_out} "
+        f"low-dose slices{' and their f(x)' if companions else ''})",
+    )
     sim = LowDoseSimulator(settings, fbp_batch=batch)
     ld = np.empty((n_out, *shape), np.float32)
     names, pixels = [], []
